@@ -42,13 +42,9 @@ impl DecoderGraph {
             .model_for_path(path)
             .map_err(|e| graph_err(&format!("cannot parse {} as ONNX", path.display()), e))?;
         check_interface(&inference, config)?;
-        let mut typed = inference.into_typed().map_err(|e| graph_err("type analysis failed", e))?;
-        for name in ["transformers_detect_all", "unfold_kv_cache"] {
-            let transform = tract_onnx::tract_core::transform::get_transform(name)
-                .map_err(|e| graph_err(name, e))?
-                .ok_or_else(|| Error::Graph(format!("tract transform {name} is not available")))?;
-            transform.transform(&mut typed).map_err(|e| graph_err(name, e))?;
-        }
+        let typed = inference.into_typed().map_err(|e| graph_err("type analysis failed", e))?;
+        // tract's `transformers_detect_all` (+ `unfold_kv_cache`) was measured on this graph and
+        // halves decode speed (rope and kv-cache rewrites), so the plain optimiser is used.
         let optimized = typed.into_optimized().map_err(|e| graph_err("optimisation failed", e))?;
         let slots = find_slots(&optimized, config)?;
         let executor = if threads > 1 {
@@ -152,15 +148,15 @@ fn find_slots(model: &TypedModel, config: &ModelConfig) -> Result<Slots> {
             .position(|o| model.node(o.node).name == name)
             .ok_or_else(|| Error::Graph(format!("optimised graph lost input {name}")))
     };
-    let output = |names: &[String]| -> Result<usize> {
+    let output = |name: &str| -> Result<usize> {
         model
             .outputs
             .iter()
             .position(|o| {
                 let label = model.outlet_label(*o).unwrap_or(&model.node(o.node).name);
-                names.iter().any(|n| n == label)
+                label == name
             })
-            .ok_or_else(|| Error::Graph(format!("optimised graph lost output {}", names[0])))
+            .ok_or_else(|| Error::Graph(format!("optimised graph lost output {name}")))
     };
     let mut past = Vec::new();
     let mut present = Vec::new();
@@ -168,16 +164,13 @@ fn find_slots(model: &TypedModel, config: &ModelConfig) -> Result<Slots> {
         let l = layer.to_string();
         let (pk, pv) = (io.past_key.replace("{}", &l), io.past_value.replace("{}", &l));
         past.push((input(&pk)?, input(&pv)?));
-        // After tract folds and unfolds the cache, a present output is named after its past input.
-        let key_names = [io.present_key.replace("{}", &l), format!("{pk}_concat")];
-        let value_names = [io.present_value.replace("{}", &l), format!("{pv}_concat")];
-        present.push((output(&key_names)?, output(&value_names)?));
+        present.push((output(&io.present_key.replace("{}", &l))?, output(&io.present_value.replace("{}", &l))?));
     }
     let slots = Slots {
         input_ids: input(&io.input_ids)?,
         position_ids: input(&io.position_ids)?,
         past,
-        logits: output(std::slice::from_ref(&io.logits))?,
+        logits: output(&io.logits)?,
         present,
     };
     if model.inputs.len() != 2 + 2 * config.kv_cache.num_layers {

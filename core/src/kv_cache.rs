@@ -54,6 +54,11 @@ impl KvCache {
         if len >= self.len {
             return Ok(());
         }
+        if len == 0 {
+            // tract cannot slice to an empty range.
+            *self = KvCache::new(&self.geometry)?;
+            return Ok(());
+        }
         for (k, v) in self.layers.iter_mut() {
             *k = k.slice(SEQ_AXIS, 0, len).map_err(Error::inference)?.into_tvalue();
             *v = v.slice(SEQ_AXIS, 0, len).map_err(Error::inference)?.into_tvalue();
