@@ -1,0 +1,109 @@
+//! Bad model directories and parameters give clear typed errors, never panics.
+
+mod common;
+
+use pocketlm::{Error, Model, ModelOptions, SessionOptions};
+
+fn load(dir: &std::path::Path) -> Result<std::sync::Arc<Model>, Error> {
+    Model::load(dir, &ModelOptions { threads: 1 })
+}
+
+#[test]
+fn missing_directory_is_an_io_error() {
+    match load(std::path::Path::new("/nonexistent/pocketlm-model")) {
+        Err(Error::Io { path, .. }) => assert!(path.ends_with("config.json")),
+        other => panic!("expected Io error, got {other:?}"),
+    }
+}
+
+#[test]
+fn corrupt_model_file_fails_checksum() {
+    let dir = common::tiny_copy("corrupt");
+    let path = dir.join("model.onnx");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&path, bytes).unwrap();
+    match load(&dir) {
+        Err(Error::Checksum { path, expected, actual }) => {
+            assert!(path.ends_with("model.onnx"));
+            assert_ne!(expected, actual);
+        }
+        other => panic!("expected Checksum error, got {other:?}"),
+    }
+}
+
+#[test]
+fn truncated_model_file_fails_checksum() {
+    let dir = common::tiny_copy("truncated");
+    let path = dir.join("model.onnx");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
+    assert!(matches!(load(&dir), Err(Error::Checksum { .. })));
+}
+
+/// Replaces `name` with `bytes` and records the new checksum, so the check passes and the
+/// content check behind it is exercised.
+fn swap_file(dir: &std::path::Path, name: &str, bytes: &[u8]) {
+    std::fs::write(dir.join(name), bytes).unwrap();
+    let sha = pocketlm::sha256_file(&dir.join(name)).unwrap();
+    let cfg_path = dir.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["files"][name] = serde_json::json!({"sha256": sha, "bytes": bytes.len()});
+    std::fs::write(cfg_path, serde_json::to_string(&cfg).unwrap()).unwrap();
+}
+
+#[test]
+fn wrong_file_as_model_is_a_graph_error() {
+    let dir = common::tiny_copy("wrongfile");
+    swap_file(&dir, "model.onnx", b"this is not an onnx file at all");
+    match load(&dir) {
+        Err(Error::Graph(msg)) => assert!(msg.contains("ONNX"), "{msg}"),
+        other => panic!("expected Graph error, got {other:?}"),
+    }
+}
+
+#[test]
+fn garbage_tokenizer_is_a_tokenizer_error() {
+    let dir = common::tiny_copy("badtok");
+    swap_file(&dir, "tokenizer.json", b"{\"not\": \"a tokenizer\"}");
+    assert!(matches!(load(&dir), Err(Error::Tokenizer(_))));
+}
+
+#[test]
+fn config_with_wrong_layer_count_is_rejected_with_names() {
+    let dir = common::tiny_copy("layers");
+    let cfg_path = dir.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["kv_cache"]["num_layers"] = serde_json::json!(3);
+    std::fs::write(&cfg_path, serde_json::to_string(&cfg).unwrap()).unwrap();
+    match load(&dir) {
+        Err(Error::Graph(msg)) => assert!(msg.contains("past_key_values.2.key"), "{msg}"),
+        other => panic!("expected Graph error, got {other:?}"),
+    }
+}
+
+#[test]
+fn unsupported_config_format_is_a_config_error() {
+    let dir = common::tiny_copy("format");
+    let cfg_path = dir.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["format_version"] = serde_json::json!(99);
+    std::fs::write(&cfg_path, serde_json::to_string(&cfg).unwrap()).unwrap();
+    assert!(matches!(load(&dir), Err(Error::Config { .. })));
+    std::fs::write(&cfg_path, "{ not json").unwrap();
+    assert!(matches!(load(&dir), Err(Error::Config { .. })));
+}
+
+#[test]
+fn bad_options_are_invalid_parameters() {
+    assert!(matches!(
+        Model::load(common::tiny_dir(), &ModelOptions { threads: 0 }),
+        Err(Error::InvalidParameter { name: "threads", .. })
+    ));
+    let model = common::tiny();
+    let too_big = SessionOptions { context_size: 100_000, ..Default::default() };
+    assert!(matches!(model.session(too_big), Err(Error::InvalidParameter { name: "context_size", .. })));
+    let zero_chunk = SessionOptions { prefill_chunk: 0, ..Default::default() };
+    assert!(matches!(model.session(zero_chunk), Err(Error::InvalidParameter { name: "prefill_chunk", .. })));
+}
