@@ -80,8 +80,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         println!("model        {} ({} thread(s))", model.config().model_id, model.threads());
         println!("load         {:.0} ms", model.load_time_ms());
-        println!("prefill      {} tokens in {:.0} ms = {:.1} tok/s (time to first token {:.0} ms)", prompt.len(), prefill_ms, rate(prompt.len(), prefill_ms), prefill_ms);
-        println!("decode       {decode_steps} tokens in {decode_ms:.0} ms = {:.1} tok/s", rate(decode_steps, decode_ms));
+        println!(
+            "prefill      {} tokens in {:.0} ms = {:.1} tok/s (time to first token {:.0} ms)",
+            prompt.len(),
+            prefill_ms,
+            rate(prompt.len(), prefill_ms),
+            prefill_ms
+        );
+        println!(
+            "decode       {decode_steps} tokens in {decode_ms:.0} ms = {:.1} tok/s",
+            rate(decode_steps, decode_ms)
+        );
         println!("peak RSS     {:.0} MiB", peak_rss_mib().unwrap_or(f64::NAN));
     }
     Ok(())

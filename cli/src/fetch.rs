@@ -110,7 +110,9 @@ fn venv(home: &Path) -> anyhow::Result<PathBuf> {
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv), "python3 -m venv")?;
     }
     run(
-        Command::new(&python).args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"]).arg(&requirements),
+        Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(&requirements),
         "pip install",
     )?;
     std::fs::write(&stamp, wanted)?;

@@ -77,5 +77,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
 
 /// Tokens per second, 0 when nothing was timed.
 pub fn rate(tokens: usize, ms: f64) -> f64 {
-    if ms > 0.0 { tokens as f64 * 1e3 / ms } else { 0.0 }
+    if ms > 0.0 {
+        tokens as f64 * 1e3 / ms
+    } else {
+        0.0
+    }
 }

@@ -32,7 +32,9 @@ pub fn run(args: SummarizeArgs) -> anyhow::Result<()> {
             std::io::stdin().read_to_end(&mut bytes)?;
             pocketlm::text_from_bytes(bytes)?
         }
-        Some(p) => pocketlm::text_from_bytes(std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?)?,
+        Some(p) => pocketlm::text_from_bytes(
+            std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?,
+        )?,
     };
     let model = load::load(&args.model)?;
     let mut session = load::session(&model, &args.model)?;

@@ -54,7 +54,12 @@ impl Chat {
         }
     }
 
-    fn reply(&mut self, params: &GenerateParams, cancel: &CancelToken, on_text: &mut dyn FnMut(&str)) -> Result<Completion> {
+    fn reply(
+        &mut self,
+        params: &GenerateParams,
+        cancel: &CancelToken,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Completion> {
         let model = self.session.model().clone();
         let text = model.chat_template().render(&self.messages, true)?;
         let ids = model.tokenizer().encode(&text)?;

@@ -90,8 +90,8 @@ impl ModelConfig {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let config: ModelConfig = serde_json::from_str(&text)
-            .map_err(|e| Error::Config { path: path.clone(), reason: e.to_string() })?;
+        let config: ModelConfig =
+            serde_json::from_str(&text).map_err(|e| Error::Config { path: path.clone(), reason: e.to_string() })?;
         config.check(&path)?;
         Ok(config)
     }
@@ -120,5 +120,4 @@ impl ModelConfig {
         }
         Ok(())
     }
-
 }

@@ -53,9 +53,7 @@ impl DecoderGraph {
             tract_linalg::multithread::Executor::SingleThread
         };
         let options = RunOptions { executor: Some(executor), ..Default::default() };
-        let plan = optimized
-            .into_runnable_with_options(&options)
-            .map_err(|e| graph_err("cannot plan the model", e))?;
+        let plan = optimized.into_runnable_with_options(&options).map_err(|e| graph_err("cannot plan the model", e))?;
         let vocab_size = config.hparams.vocab_size;
         log::info!("decoder graph ready: {} layers, vocab {vocab_size}, {threads} thread(s)", slots.past.len());
         Ok(DecoderGraph { plan, slots, vocab_size })
@@ -109,9 +107,8 @@ fn tensor_2d(values: Vec<i64>) -> Result<TValue> {
 /// Checks the ONNX graph has the inputs and outputs of a causal LM with a KV cache.
 fn check_interface(model: &InferenceModel, config: &ModelConfig) -> Result<()> {
     let io = &config.io;
-    let names = |outlets: &[OutletId]| -> Vec<String> {
-        outlets.iter().map(|o| model.node(o.node).name.clone()).collect()
-    };
+    let names =
+        |outlets: &[OutletId]| -> Vec<String> { outlets.iter().map(|o| model.node(o.node).name.clone()).collect() };
     let inputs = names(&model.inputs);
     let outputs: Vec<String> = model
         .outputs
@@ -174,7 +171,11 @@ fn find_slots(model: &TypedModel, config: &ModelConfig) -> Result<Slots> {
         present,
     };
     if model.inputs.len() != 2 + 2 * config.kv_cache.num_layers {
-        return Err(Error::Graph(format!("optimised graph has {} inputs, expected {}", model.inputs.len(), 2 + 2 * config.kv_cache.num_layers)));
+        return Err(Error::Graph(format!(
+            "optimised graph has {} inputs, expected {}",
+            model.inputs.len(),
+            2 + 2 * config.kv_cache.num_layers
+        )));
     }
     Ok(slots)
 }

@@ -32,11 +32,7 @@ pub fn verify(path: &Path, entry: &FileEntry) -> Result<()> {
         sha256_file(path)?
     };
     if actual != entry.sha256 {
-        return Err(Error::Checksum {
-            path: path.to_path_buf(),
-            expected: entry.sha256.clone(),
-            actual,
-        });
+        return Err(Error::Checksum { path: path.to_path_buf(), expected: entry.sha256.clone(), actual });
     }
     log::debug!("verified sha256 of {}", path.display());
     Ok(())

@@ -44,12 +44,26 @@ impl Default for SamplingParams {
 impl SamplingParams {
     /// Deterministic argmax, no penalty.
     pub fn greedy() -> Self {
-        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_window: 0, seed: None }
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            repeat_window: 0,
+            seed: None,
+        }
     }
 
     /// Rejects out-of-range values with [`Error::InvalidParameter`].
     pub fn validate(&self) -> Result<()> {
-        let finite = |name, v: f32| if v.is_finite() { Ok(()) } else { Err(Error::param(name, format!("{v} is not a finite number"))) };
+        let finite = |name, v: f32| {
+            if v.is_finite() {
+                Ok(())
+            } else {
+                Err(Error::param(name, format!("{v} is not a finite number")))
+            }
+        };
         finite("temperature", self.temperature)?;
         finite("top_p", self.top_p)?;
         finite("min_p", self.min_p)?;
@@ -121,7 +135,13 @@ impl Stage {
             Stage::TopP(p) => {
                 let probs = c.probs();
                 let mut sum = 0.0;
-                let keep = probs.iter().position(|q| { sum += q; sum >= p }).map_or(probs.len(), |i| i + 1);
+                let keep = probs
+                    .iter()
+                    .position(|q| {
+                        sum += q;
+                        sum >= p
+                    })
+                    .map_or(probs.len(), |i| i + 1);
                 c.truncate(keep);
             }
             Stage::MinP(p) => {
@@ -214,4 +234,116 @@ pub fn argmax(logits: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{argmax, Sampler, SamplingParams};
+    use crate::Error;
+
+    fn params(temperature: f32, seed: u64) -> SamplingParams {
+        SamplingParams {
+            temperature,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            repeat_window: 0,
+            seed: Some(seed),
+        }
+    }
+
+    fn histogram(p: &SamplingParams, logits: &[f32], n: usize) -> Vec<f64> {
+        let mut s = Sampler::new(p).unwrap();
+        let mut counts = vec![0usize; logits.len()];
+        for _ in 0..n {
+            counts[s.sample(logits, &[]) as usize] += 1;
+        }
+        counts.into_iter().map(|c| c as f64 / n as f64).collect()
+    }
+
+    fn softmax(logits: &[f32], t: f32) -> Vec<f64> {
+        let e: Vec<f64> = logits.iter().map(|l| ((l / t) as f64).exp()).collect();
+        let s: f64 = e.iter().sum();
+        e.into_iter().map(|x| x / s).collect()
+    }
+
+    const LOGITS: [f32; 5] = [2.0, 1.0, 0.5, 0.0, -1.0];
+
+    #[test]
+    fn draws_follow_the_softmax_distribution() {
+        for t in [1.0f32, 0.5, 2.0] {
+            let got = histogram(&params(t, 42), &LOGITS, 40_000);
+            for (g, w) in got.iter().zip(softmax(&LOGITS, t)) {
+                assert!((g - w).abs() < 0.01, "t={t}: got {got:?}, want {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn top_k_keeps_only_the_k_best() {
+        let p = SamplingParams { top_k: 2, ..params(1.0, 1) };
+        let got = histogram(&p, &LOGITS, 20_000);
+        assert_eq!(got[2] + got[3] + got[4], 0.0);
+        let want = softmax(&LOGITS[..2], 1.0);
+        assert!((got[0] - want[0]).abs() < 0.015, "{got:?} vs {want:?}");
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_set_reaching_p() {
+        // softmax(LOGITS) ~ [0.53, 0.19, 0.12, 0.07, 0.03]: p=0.7 needs the first two.
+        let p = SamplingParams { top_p: 0.7, ..params(1.0, 2) };
+        let got = histogram(&p, &LOGITS, 20_000);
+        assert!(got[0] > 0.0 && got[1] > 0.0);
+        assert_eq!(got[2] + got[3] + got[4], 0.0, "{got:?}");
+    }
+
+    #[test]
+    fn min_p_drops_tokens_far_below_the_best() {
+        // relative probabilities e^(l-2): [1, .37, .22, .14, .05]; min_p 0.2 keeps three.
+        let p = SamplingParams { min_p: 0.2, ..params(1.0, 3) };
+        let got = histogram(&p, &LOGITS, 20_000);
+        assert!(got[2] > 0.0);
+        assert_eq!(got[3] + got[4], 0.0, "{got:?}");
+    }
+
+    #[test]
+    fn greedy_is_argmax_and_penalty_changes_it() {
+        let mut s = Sampler::new(&SamplingParams::greedy()).unwrap();
+        assert_eq!(s.sample(&LOGITS, &[0, 0, 0]), 0);
+        let penalised = SamplingParams { repeat_penalty: 2.5, repeat_window: 4, ..SamplingParams::greedy() };
+        let mut s = Sampler::new(&penalised).unwrap();
+        // 2.0 / 2.5 = 0.8 < 1.0: token 1 wins once token 0 was seen recently...
+        assert_eq!(s.sample(&LOGITS, &[0]), 1);
+        // ...but not when it is outside the window.
+        assert_eq!(s.sample(&LOGITS, &[0, 3, 3, 3, 3]), 0);
+        // Negative logits are multiplied: -1 * 2.5 pushes token 4 further down.
+        assert_eq!(argmax(&[-1.0, -1.5]), 0);
+        assert_eq!(Sampler::new(&penalised).unwrap().sample(&[-1.0, -1.5], &[0]), 1);
+    }
+
+    #[test]
+    fn seeds_reproduce_and_differ() {
+        let seq = |seed| {
+            let mut s = Sampler::new(&params(1.0, seed)).unwrap();
+            (0..64).map(|_| s.sample(&LOGITS, &[])).collect::<Vec<_>>()
+        };
+        assert_eq!(seq(9), seq(9));
+        assert_ne!(seq(9), seq(10));
+    }
+
+    #[test]
+    fn out_of_range_parameters_are_rejected() {
+        let bad = [
+            SamplingParams { temperature: -1.0, ..SamplingParams::default() },
+            SamplingParams { temperature: f32::NAN, ..SamplingParams::default() },
+            SamplingParams { top_p: 0.0, ..SamplingParams::default() },
+            SamplingParams { min_p: 1.5, ..SamplingParams::default() },
+            SamplingParams { repeat_penalty: 0.0, ..SamplingParams::default() },
+        ];
+        for p in bad {
+            assert!(matches!(Sampler::new(&p), Err(Error::InvalidParameter { .. })), "{p:?}");
+        }
+        assert!(Sampler::new(&SamplingParams::default()).is_ok());
+    }
 }

@@ -39,7 +39,10 @@ impl Session {
         let limit = model.config().context_length;
         let context_size = if options.context_size == 0 { limit } else { options.context_size };
         if context_size > limit {
-            return Err(Error::param("context_size", format!("{context_size} exceeds the model's context length {limit}")));
+            return Err(Error::param(
+                "context_size",
+                format!("{context_size} exceeds the model's context length {limit}"),
+            ));
         }
         if options.prefill_chunk == 0 {
             return Err(Error::param("prefill_chunk", "must be at least 1"));
@@ -77,7 +80,10 @@ impl Session {
     /// Forgets everything after the first `keep` tokens (the cache is cut, nothing re-evaluated).
     pub fn rewind(&mut self, keep: usize) -> Result<()> {
         if keep > self.tokens.len() {
-            return Err(Error::State(format!("cannot rewind to {keep} tokens: the session holds {}", self.tokens.len())));
+            return Err(Error::State(format!(
+                "cannot rewind to {keep} tokens: the session holds {}",
+                self.tokens.len()
+            )));
         }
         self.cache.truncate(keep)?;
         self.tokens.truncate(keep);

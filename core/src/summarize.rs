@@ -11,10 +11,7 @@ const INSTRUCTION: &str = "Summarize the following text in a few sentences. Keep
 
 /// The chat messages that ask the model to summarise `text`.
 pub fn summary_messages(text: &str) -> Vec<Message> {
-    vec![
-        Message::new(Role::System, SYSTEM),
-        Message::new(Role::User, format!("{INSTRUCTION}\n\n{}", text.trim())),
-    ]
+    vec![Message::new(Role::System, SYSTEM), Message::new(Role::User, format!("{INSTRUCTION}\n\n{}", text.trim()))]
 }
 
 /// Summarises `text` on `session` (which is reset first), streaming the summary to `on_text`.

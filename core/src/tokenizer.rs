@@ -17,8 +17,8 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Loads `tokenizer.json`; `vocab_size` is the model's, every id must fit in it.
     pub fn load(path: &Path, vocab_size: usize) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        let inner =
+            tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
         let own = inner.get_vocab_size(true);
         if own > vocab_size {
             return Err(Error::Tokenizer(format!(
@@ -31,13 +31,14 @@ impl Tokenizer {
         for id in 0..own as u32 {
             let piece = inner.id_to_token(id).unwrap_or_default();
             let is_special = added.is_special_token(&piece);
-            let bytes = if is_special {
-                piece.as_bytes().to_vec()
-            } else {
-                piece.chars().map(byte_of_char).collect::<Option<Vec<u8>>>().ok_or_else(|| {
-                    Error::Tokenizer(format!("token {id} ({piece:?}) is not a byte-level BPE piece"))
-                })?
-            };
+            let bytes =
+                if is_special {
+                    piece.as_bytes().to_vec()
+                } else {
+                    piece.chars().map(byte_of_char).collect::<Option<Vec<u8>>>().ok_or_else(|| {
+                        Error::Tokenizer(format!("token {id} ({piece:?}) is not a byte-level BPE piece"))
+                    })?
+                };
             pieces.push(bytes.into_boxed_slice());
             special.push(is_special);
         }
@@ -66,10 +67,7 @@ impl Tokenizer {
     }
 
     fn token_bytes(&self, id: u32, out: &mut Vec<u8>) -> Result<()> {
-        let piece = self
-            .pieces
-            .get(id as usize)
-            .ok_or(Error::InvalidToken { id, vocab_size: self.vocab_size })?;
+        let piece = self.pieces.get(id as usize).ok_or(Error::InvalidToken { id, vocab_size: self.vocab_size })?;
         out.extend_from_slice(piece);
         Ok(())
     }

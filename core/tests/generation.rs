@@ -5,9 +5,7 @@ mod common;
 
 use std::sync::mpsc;
 
-use pocketlm::{
-    generate, CancelToken, Chat, Error, FinishReason, GenerateParams, SamplingParams, SessionOptions,
-};
+use pocketlm::{generate, CancelToken, Chat, Error, FinishReason, GenerateParams, SamplingParams, SessionOptions};
 
 fn greedy(max_tokens: usize) -> GenerateParams {
     GenerateParams { max_tokens, sampling: SamplingParams::greedy(), stop: vec![] }
@@ -38,7 +36,14 @@ fn greedy_is_deterministic_and_streams_the_whole_text() {
 #[test]
 fn same_seed_same_tokens_different_seed_different_tokens() {
     let sampled = |seed| {
-        let sampling = SamplingParams { temperature: 1.5, top_k: 0, top_p: 1.0, min_p: 0.0, seed: Some(seed), ..SamplingParams::default() };
+        let sampling = SamplingParams {
+            temperature: 1.5,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: Some(seed),
+            ..SamplingParams::default()
+        };
         run(&GenerateParams { max_tokens: 30, sampling, stop: vec![] }, "Hello").token_ids
     };
     assert_eq!(sampled(7), sampled(7));
@@ -103,10 +108,19 @@ fn invalid_inputs_are_rejected() {
         generate(&mut session, &[60000], &greedy(3), &cancel, &mut |_| {}),
         Err(Error::InvalidToken { id: 60000, .. })
     ));
-    assert!(matches!(generate(&mut session, &[], &greedy(3), &cancel, &mut |_| {}), Err(Error::InvalidParameter { .. })));
-    assert!(matches!(generate(&mut session, &[5], &greedy(0), &cancel, &mut |_| {}), Err(Error::InvalidParameter { name: "max_tokens", .. })));
+    assert!(matches!(
+        generate(&mut session, &[], &greedy(3), &cancel, &mut |_| {}),
+        Err(Error::InvalidParameter { .. })
+    ));
+    assert!(matches!(
+        generate(&mut session, &[5], &greedy(0), &cancel, &mut |_| {}),
+        Err(Error::InvalidParameter { name: "max_tokens", .. })
+    ));
     let bad = GenerateParams { sampling: SamplingParams { top_p: 1.5, ..SamplingParams::default() }, ..greedy(3) };
-    assert!(matches!(generate(&mut session, &[5], &bad, &cancel, &mut |_| {}), Err(Error::InvalidParameter { name: "top_p", .. })));
+    assert!(matches!(
+        generate(&mut session, &[5], &bad, &cancel, &mut |_| {}),
+        Err(Error::InvalidParameter { name: "top_p", .. })
+    ));
     assert_eq!(session.token_count(), 0);
 }
 
@@ -132,7 +146,11 @@ fn second_chat_turn_reuses_the_first_turns_cache() {
     assert_eq!(t1.cached_tokens, 0);
     let t2 = chat.send("And again?", &greedy(8), &cancel, &mut |_| {}).unwrap();
     let first_prompt = t1.prompt_token_ids.len();
-    assert!(t2.cached_tokens >= first_prompt, "turn 2 reused {} tokens, turn 1 prompt was {first_prompt}", t2.cached_tokens);
+    assert!(
+        t2.cached_tokens >= first_prompt,
+        "turn 2 reused {} tokens, turn 1 prompt was {first_prompt}",
+        t2.cached_tokens
+    );
     let rendered = model.chat_template().render(&chat.messages()[..3], true).unwrap();
     let full_prompt = model.tokenizer().encode(&rendered).unwrap();
     assert_eq!(t2.cached_tokens + t2.timings.prefill_tokens, full_prompt.len());
@@ -144,7 +162,8 @@ fn second_chat_turn_reuses_the_first_turns_cache() {
 #[test]
 fn failed_chat_turn_leaves_the_conversation_unchanged() {
     let model = common::tiny();
-    let mut chat = Chat::new(model.session(SessionOptions { context_size: 80, ..Default::default() }).unwrap(), None).unwrap();
+    let mut chat =
+        Chat::new(model.session(SessionOptions { context_size: 80, ..Default::default() }).unwrap(), None).unwrap();
     let cancel = CancelToken::new();
     chat.send("Hi", &greedy(4), &cancel, &mut |_| {}).unwrap();
     let messages = chat.messages().to_vec();
@@ -227,7 +246,9 @@ fn summarize_rejects_text_longer_than_the_context() {
         pocketlm::summarize(&mut session, "   ", &greedy(16), &CancelToken::new(), &mut |_| {}),
         Err(Error::InvalidParameter { name: "text", .. })
     ));
-    let done = pocketlm::summarize(&mut session, "A short text about cats.", &greedy(8), &CancelToken::new(), &mut |_| {}).unwrap();
+    let done =
+        pocketlm::summarize(&mut session, "A short text about cats.", &greedy(8), &CancelToken::new(), &mut |_| {})
+            .unwrap();
     assert!(!done.token_ids.is_empty());
 }
 

