@@ -4,6 +4,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::{ensure, TractErrorContext};
+use tract_onnx::tract_core::ops::array::Slice;
 use tract_onnx::tract_core::ops::konst::Const;
 
 use crate::config::ModelConfig;
@@ -43,9 +45,12 @@ impl DecoderGraph {
             .model_for_path(path)
             .map_err(|e| graph_err(&format!("cannot parse {} as ONNX", path.display()), e))?;
         check_interface(&inference, config)?;
-        let typed = inference.into_typed().map_err(|e| graph_err("type analysis failed", e))?;
-        // tract's `transformers_detect_all` (+ `unfold_kv_cache`) was measured on this graph and
-        // halves decode speed (rope and kv-cache rewrites), so the plain optimiser is used.
+        let mut typed = inference.into_typed().map_err(|e| graph_err("type analysis failed", e))?;
+        last_position_logits(&mut typed, &config.io.logits).map_err(|e| graph_err("slicing logits", e))?;
+        // Measured on this graph (decode, 1 thread, ~20 ms/token): tract's `transformers_detect_all`
+        // with its in-state KV cache, or unfolded back to a caller-fed one, gains nothing over the
+        // plain optimiser. So: plain optimiser, caller-fed cache (rewind = slicing plain tensors,
+        // and the same interface onnxruntime runs in the parity tests).
         let mut optimized = typed.into_optimized().map_err(|e| graph_err("optimisation failed", e))?;
         untie_shared_constants(&mut optimized).map_err(|e| graph_err("packing shared weights", e))?;
         let slots = find_slots(&optimized, config)?;
@@ -87,18 +92,44 @@ impl DecoderGraph {
         let logits = std::mem::replace(&mut outputs[s.logits], tensor0(0f32).into_tvalue());
         let view = logits.to_plain_array_view::<f32>().map_err(Error::inference)?;
         let flat = view.as_slice().ok_or_else(|| Error::Inference("logits are not contiguous".into()))?;
-        if flat.len() != n * self.vocab_size {
-            return Err(Error::Inference(format!(
-                "logits have {} values, expected {} x {}",
-                flat.len(),
-                n,
-                self.vocab_size
-            )));
+        if flat.len() != self.vocab_size {
+            return Err(Error::Inference(format!("logits have {} values, expected {}", flat.len(), self.vocab_size)));
         }
         let present = s.present.iter().map(|&(k, v)| (outputs[k].clone(), outputs[v].clone())).collect();
         cache.replace(present, cache.len() + n)?;
-        Ok(flat[(n - 1) * self.vocab_size..].to_vec())
+        Ok(flat.to_vec())
     }
+}
+
+/// Makes the LM head run on the last position only: a slice on its hidden-state input. Generation
+/// needs just the next-token logits, and computing the others costs a fifth of prefill and a
+/// `[sequence, vocab]` buffer (50 MB for a 256-token chunk).
+fn last_position_logits(model: &mut TypedModel, logits: &str) -> TractResult<()> {
+    let output = *model
+        .outputs
+        .iter()
+        .find(|o| model.outlet_label(**o) == Some(logits) || model.node(o.node).name == logits)
+        .with_context(|| format!("no output {logits}"))?;
+    let head = model.node(output.node);
+    let hidden = head.inputs[0];
+    let fact = model.outlet_fact(hidden)?;
+    ensure!(fact.rank() == 3, "LM head input has shape {:?}, expected [batch, sequence, hidden]", fact.shape);
+    let seq = fact.shape[1].clone();
+    let mut patch = TypedModelPatch::new("last-position logits");
+    let mut inputs = tvec![patch.tap_model(model, hidden)?];
+    inputs[0] = patch.wire_node(format!("{}.last", head.name), Slice::new(1, seq.clone() - 1, seq), &inputs)?[0];
+    for input in &head.inputs[1..] {
+        inputs.push(patch.tap_model(model, *input)?);
+    }
+    let sliced = patch.wire_node(format!("{}.sliced", head.name), head.op.clone(), &inputs)?[0];
+    patch.shunt_outside(model, output, sliced)?;
+    patch.apply(model)?;
+    let new_output = *model
+        .outputs
+        .iter()
+        .find(|o| o.node != output.node && model.node(o.node).name.ends_with(".sliced"))
+        .context("sliced logits output")?;
+    model.set_outlet_label(new_output, logits.to_string())
 }
 
 /// Gives every extra consumer of a shared constant its own `Const` node (the tensor data stays

@@ -68,11 +68,12 @@ def _linear(b, x, w, tag):
     return b.op("MatMul", [x, b.const(tag, np.ascontiguousarray(w.T))])
 
 
-def _causal_visibility(b, present_key, tag):
-    """[B,1,1,S,T] bool: key index j <= query position (positions come from position_ids)."""
+def _causal_visibility(b, present_key, group, tag):
+    """[B,1,group*S,T] bool: key index j <= position of the query row (rows are (group, s))."""
     total = b.op("Gather", [b.op("Shape", [present_key]), b.const(f"{tag}.ax2", np.array(2, np.int64))], axis=0)
     key_idx = b.op("Range", [b.const(f"{tag}.zero", np.array(0, np.int64)), total, b.const(f"{tag}.one", np.array(1, np.int64))])
-    qpos = b.op("Unsqueeze", ["position_ids", b.const(f"{tag}.qax", np.array([1, 2, 4], np.int64))])
+    rows = b.op("Tile", ["position_ids", b.const(f"{tag}.tile", np.array([1, group], np.int64))])
+    qpos = b.op("Unsqueeze", [rows, b.const(f"{tag}.qax", np.array([1, 3], np.int64))])
     return b.op("LessOrEqual", [key_idx, qpos])
 
 
@@ -86,16 +87,16 @@ def _layer(b, hp: HParams, i, x, w, cos, sin):
     v = _heads(b, _linear(b, h, w["v"], f"{tag}.v_proj"), nkv, d, f"{tag}.v")
     k_all = b.op("Concat", [f"past_key_values.{i}.key", k], name=f"present.{i}.key", axis=2)
     v_all = b.op("Concat", [f"past_key_values.{i}.value", v], name=f"present.{i}.value", axis=2)
-    allowed = _causal_visibility(b, k_all, f"{tag}.mask")
-    # Grouped-query attention without copying the cache: q [B,kv,group,S,d] against k [B,kv,1,T,d].
-    q5 = b.op("Reshape", [q, b.const(f"{tag}.q5", np.array([0, nkv, group, -1, d], np.int64))])
-    k5 = b.op("Unsqueeze", [k_all, b.const(f"{tag}.k5", np.array([2], np.int64))])
-    v5 = b.op("Unsqueeze", [v_all, b.const(f"{tag}.v5", np.array([2], np.int64))])
-    kt = b.op("Transpose", [k5], perm=[0, 1, 2, 4, 3])
-    scores = b.op("Mul", [b.op("MatMul", [q5, kt]), b.const(f"{tag}.scale", np.array(1.0 / np.sqrt(d), np.float32))])
+    allowed = _causal_visibility(b, k_all, group, f"{tag}.mask")
+    # Grouped-query attention as a plain batched matmul: the `group` query heads sharing a KV head
+    # are stacked along the sequence axis, q [B,kv,group*S,d] against k [B,kv,T,d]. The cache is
+    # read in place: no broadcast, unsqueeze or copy of keys/values.
+    qg = b.op("Reshape", [q, b.const(f"{tag}.qg", np.array([0, nkv, -1, d], np.int64))])
+    kt = b.op("Transpose", [k_all], perm=[0, 1, 3, 2])
+    scores = b.op("Mul", [b.op("MatMul", [qg, kt]), b.const(f"{tag}.scale", np.array(1.0 / np.sqrt(d), np.float32))])
     masked = b.op("Where", [allowed, scores, b.const(f"{tag}.fill", np.array(np.finfo(np.float32).min, np.float32))])
     probs = b.op("Softmax", [masked], axis=-1)
-    ctx = b.op("MatMul", [probs, v5])  # [B,kv,group,S,d]
+    ctx = b.op("MatMul", [probs, v_all])  # [B,kv,group*S,d]
     ctx = b.op("Reshape", [ctx, b.const(f"{tag}.ctx4", np.array([0, nh, -1, d], np.int64))])
     ctx = b.op("Transpose", [ctx], perm=[0, 2, 1, 3])
     ctx = b.op("Reshape", [ctx, b.const(f"{tag}.ctx3", np.array([0, 0, nh * d], np.int64))])
