@@ -96,10 +96,27 @@ impl Candidates {
         Candidates { ids: (0..logits.len() as u32).collect(), scores: logits.to_vec() }
     }
 
+    /// Keeps the `k` best (any order), in linear time; a no-op when there are at most `k`.
+    fn select_top(&mut self, k: usize) {
+        if k == 0 || k >= self.ids.len() {
+            return;
+        }
+        let mut order: Vec<usize> = (0..self.ids.len()).collect();
+        order.select_nth_unstable_by(k - 1, |&a, &b| self.better(a, b));
+        order.truncate(k);
+        self.ids = order.iter().map(|&i| self.ids[i]).collect();
+        self.scores = order.iter().map(|&i| self.scores[i]).collect();
+    }
+
+    /// Orders candidates `a`, `b` best first: higher score, then lower id.
+    fn better(&self, a: usize, b: usize) -> std::cmp::Ordering {
+        self.scores[b].total_cmp(&self.scores[a]).then(self.ids[a].cmp(&self.ids[b]))
+    }
+
     /// Sorts by score, best first (stable on ties: lower id first).
     fn sort_desc(&mut self) {
         let mut order: Vec<usize> = (0..self.ids.len()).collect();
-        order.sort_by(|&a, &b| self.scores[b].total_cmp(&self.scores[a]).then(self.ids[a].cmp(&self.ids[b])));
+        order.sort_by(|&a, &b| self.better(a, b));
         self.ids = order.iter().map(|&i| self.ids[i]).collect();
         self.scores = order.iter().map(|&i| self.scores[i]).collect();
     }
@@ -197,6 +214,10 @@ impl Sampler {
             return argmax(&logits);
         };
         let mut c = Candidates::from_logits(&logits);
+        // Top-k first narrows the set, so only k candidates get sorted.
+        if let Some(Stage::TopK(k)) = self.stages.first() {
+            c.select_top(*k);
+        }
         c.sort_desc();
         for stage in &self.stages {
             stage.apply(&mut c);
