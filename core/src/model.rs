@@ -51,6 +51,7 @@ impl Model {
         for (name, entry) in &config.files {
             integrity::verify(&dir.join(name), entry)?;
         }
+        log::info!("verified {} files in {:.0} ms", config.files.len(), started.elapsed().as_secs_f64() * 1e3);
         let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"), config.hparams.vocab_size)?;
         let template = ChatTemplate::new(&config.chat_template)?;
         let graph = DecoderGraph::load(&dir.join("model.onnx"), &config, options.threads)?;
