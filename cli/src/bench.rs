@@ -26,10 +26,11 @@ pub struct BenchArgs {
     json: bool,
 }
 
-/// Peak resident set size of this process in MiB (Linux `VmHWM`), if known.
-fn peak_rss_mib() -> Option<f64> {
+/// A memory figure of this process in MiB from Linux `/proc/self/status` (`VmHWM` = peak resident,
+/// `VmRSS` = resident now), if known.
+fn status_mib(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }
@@ -38,6 +39,7 @@ fn peak_rss_mib() -> Option<f64> {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.prompt_tokens > 0 && args.gen_tokens > 0, "--prompt-tokens and --gen-tokens must be positive");
     let model = load::load(&args.model)?;
+    let rss_after_load = status_mib("VmRSS:");
     let tokenizer = model.tokenizer();
     let sample = tokenizer.encode(crate::summarize::SAMPLE)?;
     let prompt: Vec<u32> = sample.iter().cycle().take(args.prompt_tokens).copied().collect();
@@ -71,7 +73,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "decode_tokens": decode_steps,
         "decode_ms": decode_ms,
         "decode_tok_s": rate(decode_steps, decode_ms),
-        "peak_rss_mib": peak_rss_mib(),
+        "rss_after_load_mib": rss_after_load,
+        "peak_rss_mib": status_mib("VmHWM:"),
         "prompt_token_ids": prompt,
         "generated_token_ids": generated,
     });
@@ -91,7 +94,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             "decode       {decode_steps} tokens in {decode_ms:.0} ms = {:.1} tok/s",
             rate(decode_steps, decode_ms)
         );
-        println!("peak RSS     {:.0} MiB", peak_rss_mib().unwrap_or(f64::NAN));
+        println!(
+            "memory       {:.0} MiB resident after load, {:.0} MiB peak",
+            rss_after_load.unwrap_or(f64::NAN),
+            status_mib("VmHWM:").unwrap_or(f64::NAN)
+        );
     }
     Ok(())
 }

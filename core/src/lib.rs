@@ -15,6 +15,8 @@
 //! # Ok::<(), pocketlm::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod cancel;
 mod chat;
 mod config;
