@@ -1,6 +1,6 @@
 //! `pocketlm chat`: interactive multi-turn chat on stdin/stdout.
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 
 use clap::Args;
 use pocketlm::{CancelToken, Chat};
@@ -27,7 +27,6 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
     let mut chat = Chat::new(load::session(&model, &args.model)?, args.system.as_deref())?;
     eprintln!("pocketlm chat with {} — /reset to start over, /quit or Ctrl-D to leave", model.config().model_id);
     let stdin = std::io::stdin();
-    let mut stdout = std::io::stdout();
     loop {
         eprint!("> ");
         let mut line = String::new();
@@ -43,10 +42,7 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
             }
             _ => {}
         }
-        let result = chat.send(line.trim_end(), &params, &CancelToken::new(), &mut |piece| {
-            let _ = stdout.write_all(piece.as_bytes());
-            let _ = stdout.flush();
-        });
+        let result = chat.send(line.trim_end(), &params, &CancelToken::new(), &mut crate::load::print_piece);
         println!();
         match result {
             Ok(done) => eprintln!(

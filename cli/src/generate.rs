@@ -1,7 +1,5 @@
 //! `pocketlm generate`: one prompt, streamed to stdout.
 
-use std::io::Write;
-
 use clap::Args;
 use pocketlm::{CancelToken, Message, Role};
 use serde_json::json;
@@ -38,11 +36,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         model.chat_template().render(&[Message::new(Role::User, args.prompt.as_str())], true)?
     };
     let prompt = model.tokenizer().encode(&text)?;
-    let mut stdout = std::io::stdout();
-    let done = pocketlm::generate(&mut session, &prompt, &params, &CancelToken::new(), &mut |piece| {
-        let _ = stdout.write_all(piece.as_bytes());
-        let _ = stdout.flush();
-    })?;
+    let done = pocketlm::generate(&mut session, &prompt, &params, &CancelToken::new(), &mut crate::load::print_piece)?;
     println!();
     if args.json {
         let t = &done.timings;

@@ -1,5 +1,6 @@
 //! Loading the model for a command, with a spinner on the terminal.
 
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,4 +27,11 @@ pub fn load(args: &ModelArgs) -> anyhow::Result<Arc<Model>> {
 /// A fresh session with the context size from `args`.
 pub fn session(model: &Arc<Model>, args: &ModelArgs) -> anyhow::Result<Session> {
     Ok(model.session(SessionOptions { context_size: args.context_size, ..SessionOptions::default() })?)
+}
+
+/// Writes one streamed piece of text to stdout at once (no line buffering).
+pub fn print_piece(piece: &str) {
+    let mut stdout = std::io::stdout().lock();
+    // A closed stdout (e.g. `| head`) must not abort generation.
+    let _ = stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush());
 }

@@ -1,6 +1,6 @@
 //! `pocketlm summarize [FILE|-]`: summarise a text file (or stdin, or a built-in sample).
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -41,11 +41,13 @@ pub fn run(args: SummarizeArgs) -> anyhow::Result<()> {
     if args.file.is_none() {
         eprintln!("Summarising the built-in sample text ({} words):", text.split_whitespace().count());
     }
-    let mut stdout = std::io::stdout();
-    let done = pocketlm::summarize(&mut session, &text, &args.sampling.params(), &CancelToken::new(), &mut |piece| {
-        let _ = stdout.write_all(piece.as_bytes());
-        let _ = stdout.flush();
-    })?;
+    let done = pocketlm::summarize(
+        &mut session,
+        &text,
+        &args.sampling.params(),
+        &CancelToken::new(),
+        &mut crate::load::print_piece,
+    )?;
     println!();
     eprintln!(
         "[{:?}: {} prompt tokens in {:.0} ms, {} tokens at {:.1} tok/s]",

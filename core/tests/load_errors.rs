@@ -42,15 +42,20 @@ fn truncated_model_file_fails_checksum() {
     assert!(matches!(load(&dir), Err(Error::Checksum { .. })));
 }
 
+/// Rewrites `dir/config.json` through `edit`.
+fn edit_config(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(path, serde_json::to_string(&cfg).unwrap()).unwrap();
+}
+
 /// Replaces `name` with `bytes` and records the new checksum, so the check passes and the
 /// content check behind it is exercised.
 fn swap_file(dir: &std::path::Path, name: &str, bytes: &[u8]) {
     std::fs::write(dir.join(name), bytes).unwrap();
     let sha = pocketlm::sha256_file(&dir.join(name)).unwrap();
-    let cfg_path = dir.join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
-    cfg["files"][name] = serde_json::json!({"sha256": sha, "bytes": bytes.len()});
-    std::fs::write(cfg_path, serde_json::to_string(&cfg).unwrap()).unwrap();
+    edit_config(dir, |cfg| cfg["files"][name] = serde_json::json!({"sha256": sha, "bytes": bytes.len()}));
 }
 
 #[test]
@@ -73,10 +78,7 @@ fn garbage_tokenizer_is_a_tokenizer_error() {
 #[test]
 fn config_with_wrong_layer_count_is_rejected_with_names() {
     let dir = common::tiny_copy("layers");
-    let cfg_path = dir.join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
-    cfg["kv_cache"]["num_layers"] = serde_json::json!(3);
-    std::fs::write(&cfg_path, serde_json::to_string(&cfg).unwrap()).unwrap();
+    edit_config(&dir, |cfg| cfg["kv_cache"]["num_layers"] = serde_json::json!(3));
     match load(&dir) {
         Err(Error::Graph(msg)) => assert!(msg.contains("past_key_values.2.key"), "{msg}"),
         other => panic!("expected Graph error, got {other:?}"),
@@ -86,12 +88,9 @@ fn config_with_wrong_layer_count_is_rejected_with_names() {
 #[test]
 fn unsupported_config_format_is_a_config_error() {
     let dir = common::tiny_copy("format");
-    let cfg_path = dir.join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
-    cfg["format_version"] = serde_json::json!(99);
-    std::fs::write(&cfg_path, serde_json::to_string(&cfg).unwrap()).unwrap();
+    edit_config(&dir, |cfg| cfg["format_version"] = serde_json::json!(99));
     assert!(matches!(load(&dir), Err(Error::Config { .. })));
-    std::fs::write(&cfg_path, "{ not json").unwrap();
+    std::fs::write(dir.join("config.json"), "{ not json").unwrap();
     assert!(matches!(load(&dir), Err(Error::Config { .. })));
 }
 

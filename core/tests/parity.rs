@@ -1,7 +1,8 @@
 //! Greedy output is token-identical to onnxruntime (the oracle, models/oracle.py) on the same
 //! ONNX file.
 //!
-//! Needs a Python with the pipeline's requirements (`POCKETLM_PYTHON`, default `python3`).
+//! Needs a Python with the pipeline's requirements: `POCKETLM_PYTHON`, else the venv that
+//! `pocketlm fetch` makes under `$POCKETLM_HOME` (default `~/.cache/pocketlm`), else `python3`.
 //! The default-model test also needs `POCKETLM_DEFAULT_MODEL` (set by tests/run.sh after
 //! `pocketlm fetch`), so plain `cargo test` lists it as ignored rather than passing it.
 
@@ -26,8 +27,21 @@ const PROMPTS: &[(&str, bool)] = &[
     ("Write a haiku about the sea.", true),
 ];
 
+fn python() -> String {
+    if let Ok(p) = std::env::var("POCKETLM_PYTHON") {
+        return p;
+    }
+    let home = std::env::var("POCKETLM_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|_| std::env::var("HOME").map(|h| Path::new(&h).join(".cache/pocketlm")));
+    match home.map(|h| h.join("venv/bin/python")) {
+        Ok(venv) if venv.exists() => venv.to_string_lossy().into_owned(),
+        _ => "python3".into(),
+    }
+}
+
 fn oracle(model_dir: &Path, requests: &serde_json::Value) -> Vec<Vec<u32>> {
-    let python = std::env::var("POCKETLM_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = python();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/oracle.py");
     let mut child = Command::new(&python)
         .arg(script)
