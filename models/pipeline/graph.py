@@ -1,10 +1,11 @@
 """Builds the ONNX graph of a llama-style decoder with an explicit KV cache.
 
-Interface (HF/optimum convention, batch-first):
-  inputs  input_ids [batch, sequence] int64, position_ids [batch, sequence] int64,
-          past_key_values.{i}.key / .value [batch, kv_heads, past_sequence, head_dim] f32
-  outputs logits [batch, sequence, vocab] f32,
-          present.{i}.key / .value [batch, kv_heads, past_sequence + sequence, head_dim] f32
+Interface (HF/optimum convention, batch-first, one sequence: batch is fixed to 1, which spares
+tract a batch-merging reshape around every matmul, measured ~0.7 ms per decoded token):
+  inputs  input_ids [1, sequence] int64, position_ids [1, sequence] int64,
+          past_key_values.{i}.key / .value [1, kv_heads, past_sequence, head_dim] f32
+  outputs logits [1, sequence, vocab] f32,
+          present.{i}.key / .value [1, kv_heads, past_sequence + sequence, head_dim] f32
 
 Each `past` input feeds a Concat whose result is the matching `present` output: the pattern
 tract's `transformers_detect_all` folds into an in-graph KV cache. The causal mask is derived from
@@ -136,11 +137,11 @@ def build(hp: HParams, weights, lm_head=None) -> onnx.ModelProto:
         head = b.const("lm_head.weight", np.ascontiguousarray(lm_head.T))
     b.op("MatMul", [x, head], name="logits")
 
-    kv_shape = ["batch", hp.num_kv_heads, "past_sequence_length", hp.head_dim]
-    present_shape = ["batch", hp.num_kv_heads, "total_sequence_length", hp.head_dim]
-    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence_length"]),
-              helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "sequence_length"])]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence_length", hp.vocab_size])]
+    kv_shape = [1, hp.num_kv_heads, "past_sequence_length", hp.head_dim]
+    present_shape = [1, hp.num_kv_heads, "total_sequence_length", hp.head_dim]
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "sequence_length"]),
+              helper.make_tensor_value_info("position_ids", TensorProto.INT64, [1, "sequence_length"])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "sequence_length", hp.vocab_size])]
     for i in range(hp.num_layers):
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, kv_shape))
