@@ -17,6 +17,9 @@ pub struct ModelArgs {
     /// Tokens of context for the session (0 = the model's full context).
     #[arg(long, default_value_t = 0)]
     pub context_size: usize,
+    /// Prompt tokens evaluated per step during prefill (bounds memory).
+    #[arg(long, default_value_t = pocketlm::SessionOptions::default().prefill_chunk)]
+    pub prefill_chunk: usize,
 }
 
 /// Token sampling and stopping.

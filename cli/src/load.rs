@@ -26,7 +26,7 @@ pub fn load(args: &ModelArgs) -> anyhow::Result<Arc<Model>> {
 
 /// A fresh session with the context size from `args`.
 pub fn session(model: &Arc<Model>, args: &ModelArgs) -> anyhow::Result<Session> {
-    Ok(model.session(SessionOptions { context_size: args.context_size, ..SessionOptions::default() })?)
+    Ok(model.session(SessionOptions { context_size: args.context_size, prefill_chunk: args.prefill_chunk })?)
 }
 
 /// Writes one streamed piece of text to stdout at once (no line buffering).
