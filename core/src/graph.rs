@@ -4,25 +4,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::internal::{ensure, TractErrorContext};
-use tract_onnx::tract_core::ops::array::Slice;
-use tract_onnx::tract_core::ops::konst::Const;
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::interface::{check_interface, find_slots, Slots};
 use crate::kv_cache::KvCache;
-
-/// Where each tensor the engine feeds or reads sits in the optimised plan.
-#[derive(Debug, Clone)]
-struct Slots {
-    input_ids: usize,
-    position_ids: usize,
-    /// Plan input index of (key, value) past cache per layer.
-    past: Vec<(usize, usize)>,
-    logits: usize,
-    /// Plan output index of (key, value) present cache per layer.
-    present: Vec<(usize, usize)>,
-}
+use crate::rewrite::{last_position_logits, untie_shared_constants};
 
 /// The optimised, runnable decoder, shared by all sessions of a model.
 #[derive(Debug)]
@@ -101,141 +88,7 @@ impl DecoderGraph {
     }
 }
 
-/// Makes the LM head run on the last position only: a slice on its hidden-state input. Generation
-/// needs just the next-token logits, and computing the others costs a fifth of prefill and a
-/// `[sequence, vocab]` buffer (50 MB for a 256-token chunk).
-fn last_position_logits(model: &mut TypedModel, logits: &str) -> TractResult<()> {
-    let output = *model
-        .outputs
-        .iter()
-        .find(|o| model.outlet_label(**o) == Some(logits) || model.node(o.node).name == logits)
-        .with_context(|| format!("no output {logits}"))?;
-    let head = model.node(output.node);
-    let hidden = head.inputs[0];
-    let fact = model.outlet_fact(hidden)?;
-    ensure!(fact.rank() == 3, "LM head input has shape {:?}, expected [batch, sequence, hidden]", fact.shape);
-    let seq = fact.shape[1].clone();
-    let mut patch = TypedModelPatch::new("last-position logits");
-    let mut inputs = tvec![patch.tap_model(model, hidden)?];
-    inputs[0] = patch.wire_node(format!("{}.last", head.name), Slice::new(1, seq.clone() - 1, seq), &inputs)?[0];
-    for input in &head.inputs[1..] {
-        inputs.push(patch.tap_model(model, *input)?);
-    }
-    let sliced = patch.wire_node(format!("{}.sliced", head.name), head.op.clone(), &inputs)?[0];
-    patch.shunt_outside(model, output, sliced)?;
-    patch.apply(model)?;
-    let new_output = *model
-        .outputs
-        .iter()
-        .find(|o| o.node != output.node && model.node(o.node).name.ends_with(".sliced"))
-        .context("sliced logits output")?;
-    model.set_outlet_label(new_output, logits.to_string())
-}
-
-/// Gives every extra consumer of a shared constant its own `Const` node (the tensor data stays
-/// shared, `Arc`), then folds constants again. tract pre-packs a matmul weight only when its
-/// constant has a single consumer: the tied embedding feeds both the token lookup and the LM
-/// head, and without this it was re-packed at every step (measured: 50 of 79 ms per decoded
-/// token; 21.5 ms per token after).
-fn untie_shared_constants(model: &mut TypedModel) -> TractResult<()> {
-    let shared: Vec<(usize, Arc<Tensor>, Vec<InletId>)> = model
-        .nodes()
-        .iter()
-        .filter_map(|node| {
-            let konst = node.op_as::<Const>()?;
-            let successors = &node.outputs[0].successors;
-            (successors.len() > 1).then(|| (node.id, konst.val().clone(), successors[1..].to_vec()))
-        })
-        .collect();
-    for (id, tensor, inlets) in shared {
-        for (i, inlet) in inlets.into_iter().enumerate() {
-            let name = format!("{}.consumer{}", model.node(id).name, i + 1);
-            // Not `add_const`: it would hand back the existing node holding the same tensor.
-            let fact = TypedFact::try_from(tensor.clone())?;
-            let node = model.add_node(name, Const::new(tensor.clone())?, tvec!(fact))?;
-            model.add_edge(node.into(), inlet)?;
-        }
-    }
-    model.prop_consts()
-}
-
 fn tensor_2d(values: Vec<i64>) -> Result<TValue> {
     let n = values.len();
     Ok(Tensor::from_shape(&[1, n], &values).map_err(Error::inference)?.into_tvalue())
-}
-
-/// Checks the ONNX graph has the inputs and outputs of a causal LM with a KV cache.
-fn check_interface(model: &InferenceModel, config: &ModelConfig) -> Result<()> {
-    let io = &config.io;
-    let names =
-        |outlets: &[OutletId]| -> Vec<String> { outlets.iter().map(|o| model.node(o.node).name.clone()).collect() };
-    let inputs = names(&model.inputs);
-    let outputs: Vec<String> = model
-        .outputs
-        .iter()
-        .map(|o| model.outlet_label(*o).map(str::to_string).unwrap_or_else(|| model.node(o.node).name.clone()))
-        .collect();
-    let mut want_in = vec![io.input_ids.clone(), io.position_ids.clone()];
-    let mut want_out = vec![io.logits.clone()];
-    for layer in 0..config.kv_cache.num_layers {
-        want_in.push(io.past_key.replace("{}", &layer.to_string()));
-        want_in.push(io.past_value.replace("{}", &layer.to_string()));
-        want_out.push(io.present_key.replace("{}", &layer.to_string()));
-        want_out.push(io.present_value.replace("{}", &layer.to_string()));
-    }
-    let missing_in: Vec<_> = want_in.iter().filter(|n| !inputs.contains(n)).collect();
-    let missing_out: Vec<_> = want_out.iter().filter(|n| !outputs.contains(n)).collect();
-    let extra_in: Vec<_> = inputs.iter().filter(|n| !want_in.contains(n)).collect();
-    if !missing_in.is_empty() || !missing_out.is_empty() || !extra_in.is_empty() {
-        return Err(Error::Graph(format!(
-            "not a causal LM with the KV-cache interface in config.json: missing inputs {missing_in:?}, \
-             missing outputs {missing_out:?}, unexpected inputs {extra_in:?}"
-        )));
-    }
-    Ok(())
-}
-
-/// Locates the engine's tensors among the optimised plan's inputs and outputs.
-fn find_slots(model: &TypedModel, config: &ModelConfig) -> Result<Slots> {
-    let io = &config.io;
-    let input = |name: &str| -> Result<usize> {
-        model
-            .inputs
-            .iter()
-            .position(|o| model.node(o.node).name == name)
-            .ok_or_else(|| Error::Graph(format!("optimised graph lost input {name}")))
-    };
-    let output = |name: &str| -> Result<usize> {
-        model
-            .outputs
-            .iter()
-            .position(|o| {
-                let label = model.outlet_label(*o).unwrap_or(&model.node(o.node).name);
-                label == name
-            })
-            .ok_or_else(|| Error::Graph(format!("optimised graph lost output {name}")))
-    };
-    let mut past = Vec::new();
-    let mut present = Vec::new();
-    for layer in 0..config.kv_cache.num_layers {
-        let l = layer.to_string();
-        let (pk, pv) = (io.past_key.replace("{}", &l), io.past_value.replace("{}", &l));
-        past.push((input(&pk)?, input(&pv)?));
-        present.push((output(&io.present_key.replace("{}", &l))?, output(&io.present_value.replace("{}", &l))?));
-    }
-    let slots = Slots {
-        input_ids: input(&io.input_ids)?,
-        position_ids: input(&io.position_ids)?,
-        past,
-        logits: output(&io.logits)?,
-        present,
-    };
-    if model.inputs.len() != 2 + 2 * config.kv_cache.num_layers {
-        return Err(Error::Graph(format!(
-            "optimised graph has {} inputs, expected {}",
-            model.inputs.len(),
-            2 + 2 * config.kv_cache.num_layers
-        )));
-    }
-    Ok(slots)
 }
