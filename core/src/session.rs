@@ -77,6 +77,20 @@ impl Session {
         self.cache.bytes()
     }
 
+    /// A new session holding the same tokens and cache, without re-evaluating anything. Cache
+    /// tensors are shared until either session appends to them, so forking is cheap: evaluate a
+    /// long system prompt once, then fork one session per conversation.
+    pub fn fork(&self) -> Result<Session> {
+        Ok(Session {
+            model: self.model.clone(),
+            state: self.model.graph().state()?,
+            cache: self.cache.clone(),
+            tokens: self.tokens.clone(),
+            context_size: self.context_size,
+            prefill_chunk: self.prefill_chunk,
+        })
+    }
+
     /// Forgets everything after the first `keep` tokens (the cache is cut, nothing re-evaluated).
     pub fn rewind(&mut self, keep: usize) -> Result<()> {
         if keep > self.tokens.len() {

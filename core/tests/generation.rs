@@ -260,3 +260,26 @@ fn tiny_model_output_is_varied_text() {
     println!("{:?} {:?}", done.text, done.token_ids);
     assert!(distinct.len() > 10, "{:?}", done.token_ids);
 }
+
+#[test]
+fn forked_sessions_continue_independently_from_a_shared_prefix() {
+    let model = common::tiny();
+    let tok = model.tokenizer();
+    let prefix = tok.encode("A shared system prompt.").unwrap();
+    let (a, b) = (tok.encode(" First question").unwrap(), tok.encode(" Second one").unwrap());
+    let mut base = model.session(SessionOptions::default()).unwrap();
+    base.prefill(&prefix, &CancelToken::new()).unwrap();
+    let mut fork_a = base.fork().unwrap();
+    let mut fork_b = base.fork().unwrap();
+    let got_a = generate(&mut fork_a, &a, &greedy(10), &CancelToken::new(), &mut |_| {}).unwrap();
+    let got_b = generate(&mut fork_b, &b, &greedy(10), &CancelToken::new(), &mut |_| {}).unwrap();
+    assert_eq!(got_a.cached_tokens, prefix.len(), "the prefix was not evaluated again");
+    let fresh = |suffix: &[u32]| {
+        let ids: Vec<u32> = prefix.iter().chain(suffix).copied().collect();
+        let mut s = model.session(SessionOptions::default()).unwrap();
+        generate(&mut s, &ids, &greedy(10), &CancelToken::new(), &mut |_| {}).unwrap().token_ids
+    };
+    assert_eq!(got_a.token_ids, fresh(&a));
+    assert_eq!(got_b.token_ids, fresh(&b));
+    assert_eq!(base.tokens(), &prefix[..], "forks do not change the original");
+}
