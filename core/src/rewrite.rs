@@ -11,11 +11,12 @@ use tract_onnx::tract_core::ops::konst::Const;
 /// needs just the next-token logits, and computing the others costs a fifth of prefill and a
 /// `[sequence, vocab]` buffer (50 MB for a 256-token chunk).
 pub fn last_position_logits(model: &mut TypedModel, logits: &str) -> TractResult<()> {
-    let output = *model
+    let index = model
         .outputs
         .iter()
-        .find(|o| model.outlet_label(**o) == Some(logits) || model.node(o.node).name == logits)
+        .position(|o| model.outlet_label(*o) == Some(logits) || model.node(o.node).name == logits)
         .with_context(|| format!("no output {logits}"))?;
+    let output = model.outputs[index];
     let head = model.node(output.node);
     let hidden = head.inputs[0];
     let fact = model.outlet_fact(hidden)?;
@@ -30,12 +31,8 @@ pub fn last_position_logits(model: &mut TypedModel, logits: &str) -> TractResult
     let sliced = patch.wire_node(format!("{}.sliced", head.name), head.op.clone(), &inputs)?[0];
     patch.shunt_outside(model, output, sliced)?;
     patch.apply(model)?;
-    let new_output = *model
-        .outputs
-        .iter()
-        .find(|o| o.node != output.node && model.node(o.node).name.ends_with(".sliced"))
-        .context("sliced logits output")?;
-    model.set_outlet_label(new_output, logits.to_string())
+    // The patch rewired the model output in place; keep its name.
+    model.set_outlet_label(model.outputs[index], logits.to_string())
 }
 
 /// Gives every extra consumer of a shared constant its own `Const` node (the tensor data stays
