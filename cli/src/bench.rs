@@ -60,6 +60,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         generated.push(next);
     }
     let decode_ms = t1.elapsed().as_secs_f64() * 1e3;
+    let kv_cache_mib = session.cache_bytes() as f64 / (1024.0 * 1024.0);
     let decode_steps = args.gen_tokens - 1;
     let report = json!({
         "runtime": "pocketlm",
@@ -74,6 +75,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "decode_ms": decode_ms,
         "decode_tok_s": rate(decode_steps, decode_ms),
         "rss_after_load_mib": rss_after_load,
+        "kv_cache_mib": kv_cache_mib,
         "peak_rss_mib": status_mib("VmHWM:"),
         "prompt_token_ids": prompt,
         "generated_token_ids": generated,
@@ -95,7 +97,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             rate(decode_steps, decode_ms)
         );
         println!(
-            "memory       {:.0} MiB resident after load, {:.0} MiB peak",
+            "memory       {:.0} MiB resident after load, {:.0} MiB peak, KV cache {kv_cache_mib:.1} MiB",
             rss_after_load.unwrap_or(f64::NAN),
             status_mib("VmHWM:").unwrap_or(f64::NAN)
         );
