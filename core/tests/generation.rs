@@ -180,25 +180,27 @@ fn cancel_from_another_thread_stops_generation() {
     let ids = model.tokenizer().encode("Keep talking").unwrap();
     let cancel = CancelToken::new();
     let (tx, rx) = mpsc::channel::<()>();
+    let (ack_tx, ack_rx) = mpsc::channel::<()>();
     let remote = cancel.clone();
     let canceller = std::thread::spawn(move || {
         rx.recv().unwrap();
         remote.cancel();
+        ack_tx.send(()).unwrap();
     });
     let mut pieces = 0;
     let params = GenerateParams { max_tokens: 200, sampling: SamplingParams::greedy(), stop: vec![] };
     let done = generate(&mut session, &ids, &params, &cancel, &mut |_| {
         pieces += 1;
         if pieces == 2 {
+            // Ask the other thread to cancel and wait until it has.
             tx.send(()).unwrap();
-            // Give the other thread time to flip the flag before the next step.
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            ack_rx.recv().unwrap();
         }
     })
     .unwrap();
     canceller.join().unwrap();
     assert_eq!(done.finish_reason, FinishReason::Cancelled);
-    assert!(done.token_ids.len() < 200);
+    assert!(done.token_ids.len() < 10, "stopped right after the cancel: {} tokens", done.token_ids.len());
 }
 
 #[test]
