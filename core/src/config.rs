@@ -47,6 +47,13 @@ pub struct IoNames {
     pub present_key: String,
     /// Present values output pattern.
     pub present_value: String,
+    /// Tensor entering each layer's attention block: queries `[1, kv_heads, group * seq, head_dim]`
+    /// (optional: when present with `attention_output`, the block is replaced by a fused op).
+    #[serde(default)]
+    pub attention_query: Option<String>,
+    /// Tensor leaving each layer's attention block, same shape as the queries.
+    #[serde(default)]
+    pub attention_output: Option<String>,
 }
 
 /// Architecture numbers recorded by the converter.

@@ -17,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+mod attention;
 mod cancel;
 mod chat;
 mod config;

@@ -7,6 +7,42 @@ use tract_onnx::tract_core::internal::{ensure, TractErrorContext};
 use tract_onnx::tract_core::ops::array::Slice;
 use tract_onnx::tract_core::ops::konst::Const;
 
+use crate::attention::CachedAttention;
+use crate::config::ModelConfig;
+
+/// Replaces each layer's attention block (between the tensors `config.io` names
+/// `attention_query` and `attention_output`) by [`CachedAttention`]. Returns how many layers were
+/// fused; a graph without those names is left alone.
+pub fn fuse_attention(model: &mut TypedModel, config: &ModelConfig) -> TractResult<usize> {
+    let io = &config.io;
+    let (Some(query), Some(output)) = (&io.attention_query, &io.attention_output) else { return Ok(0) };
+    let positions = *model
+        .inputs
+        .iter()
+        .find(|o| model.node(o.node).name == io.position_ids)
+        .with_context(|| format!("no input {}", io.position_ids))?;
+    let scale = (1.0 / (config.kv_cache.head_dim as f64).sqrt()) as f32;
+    let mut fused = 0;
+    for layer in 0..config.kv_cache.num_layers {
+        let name = |pattern: &str| pattern.replace("{}", &layer.to_string());
+        let found = [name(query), name(&io.present_key), name(&io.present_value), name(output)]
+            .map(|label| model.find_outlet_label(&label));
+        let [Some(q), Some(k), Some(v), Some(out)] = found else { continue };
+        let mut patch = TypedModelPatch::new("fuse attention");
+        let inputs =
+            [q, k, v, positions].iter().map(|o| patch.tap_model(model, *o)).collect::<TractResult<TVec<_>>>()?;
+        let wire = patch.wire_node(
+            format!("{}.fused", name(output)),
+            CachedAttention { scale_bits: scale.to_bits() },
+            &inputs,
+        )?[0];
+        patch.shunt_outside(model, out, wire)?;
+        patch.apply(model)?;
+        fused += 1;
+    }
+    Ok(fused)
+}
+
 /// Makes the LM head run on the last position only: a slice on its hidden-state input. Generation
 /// needs just the next-token logits, and computing the others costs a fifth of prefill and a
 /// `[sequence, vocab]` buffer (50 MB for a 256-token chunk).

@@ -92,7 +92,7 @@ def _layer(b, hp: HParams, i, x, w, cos, sin):
     # Grouped-query attention as a plain batched matmul: the `group` query heads sharing a KV head
     # are stacked along the sequence axis, q [B,kv,group*S,d] against k [B,kv,T,d]. The cache is
     # read in place: no broadcast, unsqueeze or copy of keys/values.
-    qg = b.op("Reshape", [q, b.const(f"{tag}.qg", np.array([0, nkv, -1, d], np.int64))])
+    qg = b.op("Reshape", [q, b.const(f"{tag}.qg", np.array([0, nkv, -1, d], np.int64))], name=f"{tag}.attn.q")
     # Scores computed transposed (keys x queries): tract then streams the cache as the matmul's
     # left operand, measured ~1 ms/token faster in decode than q @ k^T.
     qt = b.op("Transpose", [qg], perm=[0, 1, 3, 2])
@@ -100,7 +100,8 @@ def _layer(b, hp: HParams, i, x, w, cos, sin):
     scores = b.op("Mul", [b.op("Transpose", [scores_t], perm=[0, 1, 3, 2]), b.const(f"{tag}.scale", np.array(1.0 / np.sqrt(d), np.float32))])
     masked = b.op("Where", [allowed, scores, b.const(f"{tag}.fill", np.array(np.finfo(np.float32).min, np.float32))])
     probs = b.op("Softmax", [masked], axis=-1)
-    ctx = b.op("MatMul", [probs, v_all])  # [B,kv,group*S,d]
+    # The attention block spans {tag}.attn.q -> {tag}.attn.ctx; engines may replace it whole.
+    ctx = b.op("MatMul", [probs, v_all], name=f"{tag}.attn.ctx")  # [B,kv,group*S,d]
     ctx = b.op("Reshape", [ctx, b.const(f"{tag}.ctx4", np.array([0, nh, -1, d], np.int64))])
     ctx = b.op("Transpose", [ctx], perm=[0, 2, 1, 3])
     ctx = b.op("Reshape", [ctx, b.const(f"{tag}.ctx3", np.array([0, 0, nh * d], np.int64))])
