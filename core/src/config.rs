@@ -54,6 +54,16 @@ pub struct IoNames {
     /// Tensor leaving each layer's attention block, same shape as the queries.
     #[serde(default)]
     pub attention_output: Option<String>,
+    /// Outputs of the rotary embeddings (`x * cos + rotate_half(x) * sin`); each one's input is
+    /// named `{output}.in`. Optional: when given with `rope_cos` and `rope_sin`, fused at load.
+    #[serde(default)]
+    pub rope_outputs: Vec<String>,
+    /// The cos table `[1, 1, seq, head_dim]`.
+    #[serde(default)]
+    pub rope_cos: Option<String>,
+    /// The sin table `[1, 1, seq, head_dim]`.
+    #[serde(default)]
+    pub rope_sin: Option<String>,
 }
 
 /// Architecture numbers recorded by the converter.

@@ -30,6 +30,7 @@ mod interface;
 mod kv_cache;
 mod model;
 mod rewrite;
+mod rope;
 mod sampler;
 mod session;
 mod stop;

@@ -9,6 +9,33 @@ use tract_onnx::tract_core::ops::konst::Const;
 
 use crate::attention::CachedAttention;
 use crate::config::ModelConfig;
+use crate::rope::Rope;
+
+/// Replaces each rotary embedding named in `config.io.rope_outputs` by the fused [`Rope`] op.
+/// Returns how many were fused; a graph without those names is left alone.
+pub fn fuse_rope(model: &mut TypedModel, config: &ModelConfig) -> TractResult<usize> {
+    let io = &config.io;
+    let (Some(cos), Some(sin)) = (&io.rope_cos, &io.rope_sin) else { return Ok(0) };
+    let (Some(cos), Some(sin)) = (model.find_outlet_label(cos), model.find_outlet_label(sin)) else { return Ok(0) };
+    let mut fused = 0;
+    for layer in 0..config.kv_cache.num_layers {
+        for pattern in &io.rope_outputs {
+            let output = pattern.replace("{}", &layer.to_string());
+            let (Some(x), Some(out)) =
+                (model.find_outlet_label(&format!("{output}.in")), model.find_outlet_label(&output))
+            else {
+                continue;
+            };
+            let mut patch = TypedModelPatch::new("fuse rope");
+            let inputs = [x, cos, sin].iter().map(|o| patch.tap_model(model, *o)).collect::<TractResult<TVec<_>>>()?;
+            let wire = patch.wire_node(format!("{output}.fused"), Rope, &inputs)?[0];
+            patch.shunt_outside(model, out, wire)?;
+            patch.apply(model)?;
+            fused += 1;
+        }
+    }
+    Ok(fused)
+}
 
 /// Replaces each layer's attention block (between the tensors `config.io` names
 /// `attention_query` and `attention_output`) by [`CachedAttention`]. Returns how many layers were

@@ -55,7 +55,9 @@ def _rotate_half(b, x, half, tag):
 
 
 def _rope(b, x, cos, sin, half, tag):
-    return b.op("Add", [b.op("Mul", [x, cos]), b.op("Mul", [_rotate_half(b, x, half, tag), sin])])
+    """x * cos + rotate_half(x) * sin; output named `tag`, input `{tag}.in` (engines may fuse it)."""
+    x = b.op("Identity", [x], name=f"{tag}.in")
+    return b.op("Add", [b.op("Mul", [x, cos]), b.op("Mul", [_rotate_half(b, x, half, tag), sin])], name=tag)
 
 
 def _heads(b, x, n, d, tag):
@@ -126,8 +128,8 @@ def build(hp: HParams, weights, lm_head=None) -> onnx.ModelProto:
     freqs = b.op("Mul", [pos, b.const("rope.inv_freq", inv_freq)])
     ang = b.op("Concat", [freqs, freqs], axis=-1)
     un1 = b.const("rope.ax1", np.array([1], np.int64))
-    cos = b.op("Unsqueeze", [b.op("Cos", [ang]), un1])
-    sin = b.op("Unsqueeze", [b.op("Sin", [ang]), un1])
+    cos = b.op("Unsqueeze", [b.op("Cos", [ang]), un1], name="rope.cos")
+    sin = b.op("Unsqueeze", [b.op("Sin", [ang]), un1], name="rope.sin")
 
     for i in range(hp.num_layers):
         x = _layer(b, hp, i, x, weights.layer(i), cos, sin)
