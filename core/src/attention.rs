@@ -143,8 +143,11 @@ fn direct_portable(
     out: &mut ArrayViewMut2<f32>,
 ) {
     let dim = q.ncols();
-    let (Some(k), Some(v)) = (k.as_slice(), v.as_slice()) else { unreachable!("cache heads are contiguous") };
+    // Cache heads are contiguous in practice (tract tensors are dense); copy only if not.
+    let (k, v) = (k.as_standard_layout(), v.as_standard_layout());
+    let (Some(k), Some(v)) = (k.as_slice(), v.as_slice()) else { return };
     let mut scores = vec![0f32; k.len() / dim];
+    let mut acc = vec![0f32; dim];
     for (r, mut o) in out.axis_iter_mut(Axis(0)).enumerate() {
         let n = visible[r];
         let qr = q.row(r).to_vec();
@@ -152,13 +155,13 @@ fn direct_portable(
             *score = dot(&qr, key);
         }
         softmax.apply(&mut scores[..n], n);
-        let o = o.as_slice_mut().expect("output rows are contiguous");
-        o.fill(0.0);
+        acc.fill(0.0);
         for (&p, value) in scores[..n].iter().zip(v.chunks_exact(dim)) {
-            for (acc, &x) in o.iter_mut().zip(value) {
-                *acc += p * x;
+            for (a, &x) in acc.iter_mut().zip(value) {
+                *a += p * x;
             }
         }
+        o.iter_mut().zip(&acc).for_each(|(o, a)| *o = *a);
     }
 }
 
