@@ -80,7 +80,7 @@ pub struct HParams {
 pub struct ModelConfig {
     /// Must be `pocketlm-model`.
     pub format: String,
-    /// Must be [`CONFIG_FORMAT_VERSION`].
+    /// Must be 1 (the only config format this engine reads).
     pub format_version: u32,
     /// Human-readable model id.
     pub model_id: String,
