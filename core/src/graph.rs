@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 
+use crate::attention::LayerCache;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::interface::{check_interface, find_slots, Slots};
-use crate::kv_cache::KvCache;
 use crate::rewrite::{fuse_attention, fuse_rope, last_position_logits, untie_shared_constants};
 
 /// The optimised, runnable decoder, shared by all sessions of a model.
@@ -19,9 +19,26 @@ pub struct DecoderGraph {
     vocab_size: usize,
 }
 
-/// Per-session tract state (scratch buffers of the plan).
-#[derive(Debug)]
+/// Per-session tract state: scratch buffers and, inside the attention ops, the KV cache.
+/// Cloning it forks the session (caches are copied).
+#[derive(Debug, Clone)]
 pub struct GraphState(TypedSimpleState);
+
+impl GraphState {
+    fn layer_caches(&mut self) -> impl Iterator<Item = &mut LayerCache> {
+        self.0.op_states.iter_mut().filter_map(|s| s.as_mut()?.downcast_mut::<LayerCache>())
+    }
+
+    /// Keeps the first `len` positions of every layer's cache.
+    pub fn truncate(&mut self, len: usize) {
+        self.layer_caches().for_each(|c| c.truncate(len));
+    }
+
+    /// Bytes held by the KV cache of all layers.
+    pub fn cache_bytes(&self) -> usize {
+        self.0.op_states.iter().filter_map(|s| s.as_ref()?.downcast_ref::<LayerCache>()).map(LayerCache::bytes).sum()
+    }
+}
 
 impl DecoderGraph {
     /// Loads `path`, checks it is a causal LM matching `config`, and prepares it to run on
@@ -34,9 +51,9 @@ impl DecoderGraph {
         check_interface(&inference, config)?;
         let mut typed = inference.into_typed().map_err(|e| graph_err("type analysis failed", e))?;
         last_position_logits(&mut typed, &config.io.logits).map_err(|e| graph_err("slicing logits", e))?;
-        let attention = fuse_attention(&mut typed, config).map_err(|e| graph_err("fusing attention", e))?;
+        fuse_attention(&mut typed, config).map_err(|e| graph_err("fusing attention", e))?;
         let rope = fuse_rope(&mut typed, config).map_err(|e| graph_err("fusing rope", e))?;
-        log::debug!("fused attention in {attention} layers, {rope} rotary embeddings");
+        log::debug!("fused {rope} rotary embeddings");
         // Measured on this graph (decode, 1 thread, ~20 ms/token): tract's `transformers_detect_all`
         // with its in-state KV cache, or unfolded back to a caller-fed one, gains nothing over the
         // plain optimiser. So: plain optimiser, caller-fed cache (rewind = slicing plain tensors,
@@ -52,7 +69,10 @@ impl DecoderGraph {
         let options = RunOptions { executor: Some(executor), ..Default::default() };
         let plan = optimized.into_runnable_with_options(&options).map_err(|e| graph_err("cannot plan the model", e))?;
         let vocab_size = config.hparams.vocab_size;
-        log::info!("decoder graph ready: {} layers, vocab {vocab_size}, {threads} thread(s)", slots.past.len());
+        log::info!(
+            "decoder graph ready: {} layers, vocab {vocab_size}, {threads} thread(s)",
+            config.kv_cache.num_layers
+        );
         Ok(DecoderGraph { plan, slots, vocab_size })
     }
 
@@ -61,23 +81,16 @@ impl DecoderGraph {
         Ok(GraphState(self.plan.spawn().map_err(Error::inference)?))
     }
 
-    /// Runs `ids` at positions `cache.len()..`, appending their keys/values to `cache`.
-    /// Returns the logits of the last position. The cache changes only on success.
-    pub fn step(&self, state: &mut GraphState, cache: &mut KvCache, ids: &[u32]) -> Result<Vec<f32>> {
+    /// Runs `ids` at positions `start..` (the state's caches must hold exactly `start` positions),
+    /// appending their keys/values to the caches. Returns the logits of the last position.
+    pub fn step(&self, state: &mut GraphState, start: usize, ids: &[u32]) -> Result<Vec<f32>> {
         let s = &self.slots;
         let n = ids.len();
-        let start = cache.len() as i64;
-        let mut inputs: Vec<Option<TValue>> = vec![None; self.plan.model().inputs.len()];
         let ids64: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-        let pos: Vec<i64> = (start..start + n as i64).collect();
-        inputs[s.input_ids] = Some(tensor_2d(ids64)?);
-        inputs[s.position_ids] = Some(tensor_2d(pos)?);
-        for (layer, (k, v)) in s.past.iter().enumerate() {
-            let (key, value) = cache.layer(layer);
-            inputs[*k] = Some(key.clone());
-            inputs[*v] = Some(value.clone());
-        }
-        let inputs: TVec<TValue> = inputs.into_iter().map(|t| t.expect("every input slot is filled")).collect();
+        let pos: Vec<i64> = (start as i64..(start + n) as i64).collect();
+        let mut inputs: TVec<TValue> = tvec![tensor0(0i64).into_tvalue(); 2];
+        inputs[s.input_ids] = tensor_2d(ids64)?;
+        inputs[s.position_ids] = tensor_2d(pos)?;
         let mut outputs = state.0.run(inputs).map_err(Error::inference)?;
         let logits = std::mem::replace(&mut outputs[s.logits], tensor0(0f32).into_tvalue());
         let view = logits.to_plain_array_view::<f32>().map_err(Error::inference)?;
@@ -85,8 +98,6 @@ impl DecoderGraph {
         if flat.len() != self.vocab_size {
             return Err(Error::Inference(format!("logits have {} values, expected {}", flat.len(), self.vocab_size)));
         }
-        let present = s.present.iter().map(|&(k, v)| (outputs[k].clone(), outputs[v].clone())).collect();
-        cache.replace(present, cache.len() + n)?;
         Ok(flat.to_vec())
     }
 }

@@ -12,12 +12,8 @@ pub struct Slots {
     pub input_ids: usize,
     /// Plan input index of the positions.
     pub position_ids: usize,
-    /// Plan input index of (key, value) past cache per layer.
-    pub past: Vec<(usize, usize)>,
     /// Plan output index of the logits.
     pub logits: usize,
-    /// Plan output index of (key, value) present cache per layer.
-    pub present: Vec<(usize, usize)>,
 }
 
 /// Checks the ONNX graph has the inputs and outputs of a causal LM with a KV cache.
@@ -51,7 +47,8 @@ pub fn check_interface(model: &InferenceModel, config: &ModelConfig) -> Result<(
     Ok(())
 }
 
-/// Locates the engine's tensors among the optimised plan's inputs and outputs.
+/// Locates the engine's tensors among the optimised plan's inputs and outputs (the KV cache lives
+/// inside the plan, see `rewrite::fuse_attention`).
 pub fn find_slots(model: &TypedModel, config: &ModelConfig) -> Result<Slots> {
     let io = &config.io;
     let input = |name: &str| -> Result<usize> {
@@ -61,37 +58,17 @@ pub fn find_slots(model: &TypedModel, config: &ModelConfig) -> Result<Slots> {
             .position(|o| model.node(o.node).name == name)
             .ok_or_else(|| Error::Graph(format!("optimised graph lost input {name}")))
     };
-    let output = |name: &str| -> Result<usize> {
-        model
-            .outputs
-            .iter()
-            .position(|o| {
-                let label = model.outlet_label(*o).unwrap_or(&model.node(o.node).name);
-                label == name
-            })
-            .ok_or_else(|| Error::Graph(format!("optimised graph lost output {name}")))
-    };
-    let mut past = Vec::new();
-    let mut present = Vec::new();
-    for layer in 0..config.kv_cache.num_layers {
-        let l = layer.to_string();
-        let (pk, pv) = (io.past_key.replace("{}", &l), io.past_value.replace("{}", &l));
-        past.push((input(&pk)?, input(&pv)?));
-        present.push((output(&io.present_key.replace("{}", &l))?, output(&io.present_value.replace("{}", &l))?));
-    }
-    let slots = Slots {
-        input_ids: input(&io.input_ids)?,
-        position_ids: input(&io.position_ids)?,
-        past,
-        logits: output(&io.logits)?,
-        present,
-    };
-    if model.inputs.len() != 2 + 2 * config.kv_cache.num_layers {
+    let logits = model
+        .outputs
+        .iter()
+        .position(|o| model.outlet_label(*o).unwrap_or(&model.node(o.node).name) == io.logits)
+        .ok_or_else(|| Error::Graph(format!("optimised graph lost output {}", io.logits)))?;
+    if model.inputs.len() != 2 || model.outputs.len() != 1 {
         return Err(Error::Graph(format!(
-            "optimised graph has {} inputs, expected {}",
+            "optimised graph has {} inputs and {} outputs, expected token ids, positions -> logits",
             model.inputs.len(),
-            2 + 2 * config.kv_cache.num_layers
+            model.outputs.len()
         )));
     }
-    Ok(slots)
+    Ok(Slots { input_ids: input(&io.input_ids)?, position_ids: input(&io.position_ids)?, logits })
 }

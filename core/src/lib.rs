@@ -27,7 +27,6 @@ mod graph;
 mod input;
 mod integrity;
 mod interface;
-mod kv_cache;
 mod model;
 mod rewrite;
 mod rope;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::internal::{ensure, TractErrorContext};
+use tract_onnx::tract_core::internal::{bail, ensure, TractErrorContext};
 use tract_onnx::tract_core::ops::array::Slice;
 use tract_onnx::tract_core::ops::konst::Const;
 
@@ -37,27 +37,46 @@ pub fn fuse_rope(model: &mut TypedModel, config: &ModelConfig) -> TractResult<us
     Ok(fused)
 }
 
-/// Replaces each layer's attention block (between the tensors `config.io` names
-/// `attention_query` and `attention_output`) by [`CachedAttention`]. Returns how many layers were
-/// fused; a graph without those names is left alone.
-pub fn fuse_attention(model: &mut TypedModel, config: &ModelConfig) -> TractResult<usize> {
+/// Moves the KV cache into the graph: each layer's `past -> concat -> present -> attention` block
+/// (between the tensors `config.io` names `attention_query` and `attention_output`) becomes one
+/// [`CachedAttention`] that keeps its keys and values in per-session state. The past inputs and
+/// present outputs leave the plan's interface.
+pub fn fuse_attention(model: &mut TypedModel, config: &ModelConfig) -> TractResult<()> {
     let io = &config.io;
-    let (Some(query), Some(output)) = (&io.attention_query, &io.attention_output) else { return Ok(0) };
+    let (Some(query), Some(output)) = (&io.attention_query, &io.attention_output) else {
+        bail!("config.json does not name the attention blocks (attention_query, attention_output): reconvert the model")
+    };
     let positions = *model
         .inputs
         .iter()
         .find(|o| model.node(o.node).name == io.position_ids)
         .with_context(|| format!("no input {}", io.position_ids))?;
     let scale = (1.0 / (config.kv_cache.head_dim as f64).sqrt()) as f32;
-    let mut fused = 0;
     for layer in 0..config.kv_cache.num_layers {
         let name = |pattern: &str| pattern.replace("{}", &layer.to_string());
-        let found = [name(query), name(&io.present_key), name(&io.present_value), name(output)]
-            .map(|label| model.find_outlet_label(&label));
-        let [Some(q), Some(k), Some(v), Some(out)] = found else { continue };
+        let label = |pattern: &str| {
+            model.find_outlet_label(&name(pattern)).with_context(|| format!("no tensor named {}", name(pattern)))
+        };
+        let (q, out) = (label(query)?, label(output)?);
+        let (present_k, present_v) = (label(&io.present_key)?, label(&io.present_value)?);
+        // present = Concat(past, new): the new keys/values are the concat's second input.
+        let new_of = |present: OutletId, past: &str| -> TractResult<(OutletId, usize)> {
+            let concat = model.node(present.node);
+            let source = concat.inputs.first().map(|i| i.node);
+            ensure!(
+                concat.inputs.len() == 2 && source.is_some_and(|s| model.node(s).name == past),
+                "{} is not Concat({past}, new)",
+                model.node(present.node).name
+            );
+            Ok((concat.inputs[1], concat.inputs[0].node))
+        };
+        let (k_new, past_k) = new_of(present_k, &name(&io.past_key))?;
+        let (v_new, past_v) = new_of(present_v, &name(&io.past_value))?;
         let mut patch = TypedModelPatch::new("fuse attention");
-        let inputs =
-            [q, k, v, positions].iter().map(|o| patch.tap_model(model, *o)).collect::<TractResult<TVec<_>>>()?;
+        let inputs = [q, k_new, v_new, positions]
+            .iter()
+            .map(|o| patch.tap_model(model, *o))
+            .collect::<TractResult<TVec<_>>>()?;
         let wire = patch.wire_node(
             format!("{}.fused", name(output)),
             CachedAttention { scale_bits: scale.to_bits() },
@@ -65,9 +84,13 @@ pub fn fuse_attention(model: &mut TypedModel, config: &ModelConfig) -> TractResu
         )?[0];
         patch.shunt_outside(model, out, wire)?;
         patch.apply(model)?;
-        fused += 1;
+        model.outputs.retain(|o| *o != present_k && *o != present_v);
+        model.inputs.retain(|o| o.node != past_k && o.node != past_v);
+        for past in [past_k, past_v] {
+            model.node_mut(past).op = model.create_dummy();
+        }
     }
-    Ok(fused)
+    Ok(())
 }
 
 /// Makes the LM head run on the last position only: a slice on its hidden-state input. Generation

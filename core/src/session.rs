@@ -5,7 +5,6 @@ use std::sync::Arc;
 use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::graph::GraphState;
-use crate::kv_cache::KvCache;
 use crate::model::Model;
 
 /// Per-session settings.
@@ -23,12 +22,11 @@ impl Default for SessionOptions {
     }
 }
 
-/// One sequence being evaluated: the tokens so far and their KV cache.
+/// One sequence being evaluated: the tokens so far and their KV cache (held in `state`).
 #[derive(Debug)]
 pub struct Session {
     model: Arc<Model>,
     state: GraphState,
-    cache: KvCache,
     tokens: Vec<u32>,
     context_size: usize,
     prefill_chunk: usize,
@@ -48,8 +46,7 @@ impl Session {
             return Err(Error::param("prefill_chunk", "must be at least 1"));
         }
         let state = model.graph().state()?;
-        let cache = KvCache::new(&model.config().kv_cache)?;
-        Ok(Session { model, state, cache, tokens: Vec::new(), context_size, prefill_chunk: options.prefill_chunk })
+        Ok(Session { model, state, tokens: Vec::new(), context_size, prefill_chunk: options.prefill_chunk })
     }
 
     /// The model this session runs on.
@@ -74,17 +71,15 @@ impl Session {
 
     /// Bytes held by the KV cache.
     pub fn cache_bytes(&self) -> usize {
-        self.cache.bytes()
+        self.state.cache_bytes()
     }
 
-    /// A new session holding the same tokens and cache, without re-evaluating anything. Cache
-    /// tensors are shared until either session appends to them, so forking is cheap: evaluate a
-    /// long system prompt once, then fork one session per conversation.
+    /// A new session holding the same tokens and a copy of the cache, without re-evaluating
+    /// anything: evaluate a long system prompt once, then fork one session per conversation.
     pub fn fork(&self) -> Result<Session> {
         Ok(Session {
             model: self.model.clone(),
-            state: self.model.graph().state()?,
-            cache: self.cache.clone(),
+            state: self.state.clone(),
             tokens: self.tokens.clone(),
             context_size: self.context_size,
             prefill_chunk: self.prefill_chunk,
@@ -99,7 +94,7 @@ impl Session {
                 self.tokens.len()
             )));
         }
-        self.cache.truncate(keep)?;
+        self.state.truncate(keep);
         self.tokens.truncate(keep);
         Ok(())
     }
@@ -159,8 +154,16 @@ impl Session {
     }
 
     fn eval(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
-        let logits = self.model.graph().step(&mut self.state, &mut self.cache, ids)?;
-        self.tokens.extend_from_slice(ids);
-        Ok(logits)
+        match self.model.graph().step(&mut self.state, self.tokens.len(), ids) {
+            Ok(logits) => {
+                self.tokens.extend_from_slice(ids);
+                Ok(logits)
+            }
+            Err(e) => {
+                // Layers that ran before the failure appended to their caches: cut them back.
+                self.state.truncate(self.tokens.len());
+                Err(e)
+            }
+        }
     }
 }
