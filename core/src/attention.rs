@@ -17,6 +17,9 @@ use tract_onnx::tract_core::internal::*;
 /// Rows at or below which the direct (per-row) kernel runs instead of GEMM.
 const DIRECT_ROWS: usize = 16;
 
+/// Positions a layer cache grows by when full.
+const GROWTH_POSITIONS: usize = 256;
+
 /// Appends `k_new`, `v_new` (`[1, kv, seq, d]`) to the session's cache, then computes
 /// `out[h, r] = softmax(scale * q[h, r] . k[h, j] for j <= pos(r)) . v[h, j]` with q
 /// `[1, kv, rows, d]` (the group's query heads stacked along rows: row `r` is at position
@@ -81,6 +84,14 @@ impl LayerCache {
     fn append(&mut self, k: &ndarray::ArrayViewD<f32>, v: &ndarray::ArrayViewD<f32>) {
         let (heads, seq, dim) = (k.shape()[1], k.shape()[2], k.shape()[3]);
         (self.heads, self.dim) = (heads, dim);
+        // Grow by whole blocks of positions rather than doubling: a long context would otherwise
+        // reserve up to twice the cache it uses.
+        let needed = (self.len() + seq) * heads * dim;
+        if self.keys.capacity() < needed {
+            let target = needed.max((self.len() + GROWTH_POSITIONS) * heads * dim);
+            self.keys.reserve_exact(target - self.keys.len());
+            self.values.reserve_exact(target - self.values.len());
+        }
         for s in 0..seq {
             for h in 0..heads {
                 self.keys.extend(k.slice(s![0, h, s, ..]).iter());
