@@ -87,9 +87,10 @@ impl DecoderGraph {
         let n = ids.len();
         let ids64: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
         let pos: Vec<i64> = (start as i64..(start + n) as i64).collect();
-        let mut inputs: TVec<TValue> = tvec![tensor0(0i64).into_tvalue(); 2];
-        inputs[s.input_ids] = tensor_2d(ids64)?;
-        inputs[s.position_ids] = tensor_2d(pos)?;
+        let mut inputs: TVec<TValue> = tvec![tensor_2d(ids64)?, tensor_2d(pos)?];
+        if s.input_ids != 0 {
+            inputs.swap(0, 1);
+        }
         let mut outputs = state.0.run(inputs).map_err(Error::inference)?;
         let logits = std::mem::replace(&mut outputs[s.logits], tensor0(0f32).into_tvalue());
         let view = logits.to_plain_array_view::<f32>().map_err(Error::inference)?;

@@ -8,10 +8,8 @@ use crate::error::{Error, Result};
 /// Where each tensor the engine feeds or reads sits in the optimised plan.
 #[derive(Debug, Clone)]
 pub struct Slots {
-    /// Plan input index of the token ids.
+    /// Plan input index of the token ids (the positions are the other input).
     pub input_ids: usize,
-    /// Plan input index of the positions.
-    pub position_ids: usize,
     /// Plan output index of the logits.
     pub logits: usize,
 }
@@ -70,5 +68,6 @@ pub fn find_slots(model: &TypedModel, config: &ModelConfig) -> Result<Slots> {
             model.outputs.len()
         )));
     }
-    Ok(Slots { input_ids: input(&io.input_ids)?, position_ids: input(&io.position_ids)?, logits })
+    input(&io.position_ids)?;
+    Ok(Slots { input_ids: input(&io.input_ids)?, logits })
 }
