@@ -61,6 +61,14 @@ impl DecoderGraph {
         untie_shared_constants(&mut optimized).map_err(|e| graph_err("packing shared weights", e))?;
         let slots = find_slots(&optimized, config)?;
         let executor = if threads > 1 {
+            // tract only splits a matrix product across the pool above a size gate (64 panels or
+            // 2^21 multiply-adds), which leaves every per-layer decode matvec on one thread. A
+            // decode step is memory-bound: reading the weights from two cores is faster even for a
+            // 576×576 product (measured 2 threads: 52–57 → 59–64 tok/s). The gate is tract's
+            // process-wide setting and is consulted only under a multithread executor, so
+            // single-threaded models are unaffected.
+            tract_linalg::multithread::set_threading_panel_threshold(0);
+            tract_linalg::multithread::set_threading_mac_threshold(0);
             tract_linalg::multithread::Executor::multithread_with_name(threads, "pocketlm")
         } else {
             tract_linalg::multithread::Executor::SingleThread
