@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use tract_linalg::multithread::Executor;
 use tract_onnx::prelude::*;
 
 use crate::attention::LayerCache;
@@ -17,6 +18,7 @@ pub struct DecoderGraph {
     plan: Arc<TypedRunnableModel>,
     slots: Slots,
     vocab_size: usize,
+    executor: Executor,
 }
 
 /// Per-session tract state: scratch buffers and, inside the attention ops, the KV cache.
@@ -43,14 +45,16 @@ impl GraphState {
 impl DecoderGraph {
     /// Loads `path`, checks it is a causal LM matching `config`, and prepares it to run on
     /// `threads` threads.
-    pub fn load(path: &Path, config: &ModelConfig, threads: usize) -> Result<Self> {
+    pub fn load(path: &Path, config: &ModelConfig, threads: usize, all_logits: bool) -> Result<Self> {
         let graph_err = |what: &str, e: TractError| Error::Graph(format!("{what}: {e:#}"));
         let inference = tract_onnx::onnx()
             .model_for_path(path)
             .map_err(|e| graph_err(&format!("cannot parse {} as ONNX", path.display()), e))?;
         check_interface(&inference, config)?;
         let mut typed = inference.into_typed().map_err(|e| graph_err("type analysis failed", e))?;
-        last_position_logits(&mut typed, &config.io.logits).map_err(|e| graph_err("slicing logits", e))?;
+        if !all_logits {
+            last_position_logits(&mut typed, &config.io.logits).map_err(|e| graph_err("slicing logits", e))?;
+        }
         fuse_attention(&mut typed, config).map_err(|e| graph_err("fusing attention", e))?;
         let rope = fuse_rope(&mut typed, config).map_err(|e| graph_err("fusing rope", e))?;
         log::debug!("fused {rope} rotary embeddings");
@@ -62,25 +66,25 @@ impl DecoderGraph {
         let slots = find_slots(&optimized, config)?;
         let executor = if threads > 1 {
             // tract only splits a matrix product across the pool above a size gate (64 panels or
-            // 2^21 multiply-adds), which leaves every per-layer decode matvec on one thread. A
-            // decode step is memory-bound: reading the weights from two cores is faster even for a
-            // 576×576 product (measured 2 threads: 52–57 → 59–64 tok/s). The gate is tract's
+            // 2^21 multiply-adds), which leaves every per-layer decode matvec on one thread. Even
+            // a 576×576 product is faster on two cores (2-thread decode, fp32: 52–57 → 59–64
+            // tok/s; q4: every product threaded is the best of the settings tried). The gate is tract's
             // process-wide setting and is consulted only under a multithread executor, so
             // single-threaded models are unaffected.
             tract_linalg::multithread::set_threading_panel_threshold(0);
             tract_linalg::multithread::set_threading_mac_threshold(0);
-            tract_linalg::multithread::Executor::multithread_with_name(threads, "pocketlm")
+            Executor::multithread_with_name(threads, "pocketlm")
         } else {
-            tract_linalg::multithread::Executor::SingleThread
+            Executor::SingleThread
         };
-        let options = RunOptions { executor: Some(executor), ..Default::default() };
+        let options = RunOptions { executor: Some(executor.clone()), ..Default::default() };
         let plan = optimized.into_runnable_with_options(&options).map_err(|e| graph_err("cannot plan the model", e))?;
         let vocab_size = config.hparams.vocab_size;
         log::info!(
             "decoder graph ready: {} layers, vocab {vocab_size}, {threads} thread(s)",
             config.kv_cache.num_layers
         );
-        Ok(DecoderGraph { plan, slots, vocab_size })
+        Ok(DecoderGraph { plan, slots, vocab_size, executor })
     }
 
     /// Fresh per-session state.
@@ -89,7 +93,8 @@ impl DecoderGraph {
     }
 
     /// Runs `ids` at positions `start..` (the state's caches must hold exactly `start` positions),
-    /// appending their keys/values to the caches. Returns the logits of the last position.
+    /// appending their keys/values to the caches. Returns the logits of the last position, or of
+    /// every position (row-major `[ids.len(), vocab]`) for a graph loaded with `all_logits`.
     pub fn step(&self, state: &mut GraphState, start: usize, ids: &[u32]) -> Result<Vec<f32>> {
         let s = &self.slots;
         let n = ids.len();
@@ -99,11 +104,18 @@ impl DecoderGraph {
         if s.input_ids != 0 {
             inputs.swap(0, 1);
         }
-        let mut outputs = state.0.run(inputs).map_err(Error::inference)?;
+        // The whole step runs on a pool thread: the serial ops between two matrix products then
+        // share a core with the pool instead of a third thread waking it and waiting on it
+        // (measured with 2 threads: decode 58 → 67 tok/s fp32, 102 → 134 q4).
+        let mut outputs = match &self.executor {
+            Executor::MultiThread(pool) => pool.install(|| state.0.run(inputs)),
+            _ => state.0.run(inputs),
+        }
+        .map_err(Error::inference)?;
         let logits = std::mem::replace(&mut outputs[s.logits], tensor0(0f32).into_tvalue());
         let view = logits.to_plain_array_view::<f32>().map_err(Error::inference)?;
         let flat = view.as_slice().ok_or_else(|| Error::Inference("logits are not contiguous".into()))?;
-        if flat.len() != self.vocab_size {
+        if flat.len() != self.vocab_size && flat.len() != n * self.vocab_size {
             return Err(Error::Inference(format!("logits have {} values, expected {}", flat.len(), self.vocab_size)));
         }
         Ok(flat.to_vec())
