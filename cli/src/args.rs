@@ -11,6 +11,10 @@ pub struct ModelArgs {
     /// Model directory (default: the default model, made ready by `pocketlm fetch`).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Weight format of the default model when --model is not given (e.g. q4, f32; default: the
+    /// manifest's default).
+    #[arg(long, conflicts_with = "model")]
+    pub weights: Option<String>,
     /// Threads per inference step.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,

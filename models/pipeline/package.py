@@ -4,6 +4,7 @@ import json
 import os
 
 import onnx
+from onnx import TensorProto
 
 from .hparams import HParams
 
@@ -19,9 +20,37 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
+DATA_FILE = "model.onnx.data"
+_ALIGN = 64
+
+
+def externalize(model: onnx.ModelProto, min_bytes: int = 1024) -> bytes:
+    """Move every initializer of at least `min_bytes` into one external-data blob (returned) that
+    `model` then references as DATA_FILE. Identical payloads are stored once: a quantized tied
+    embedding is one table for the token lookup and the LM head, in two shapes."""
+    blob, offsets = bytearray(), {}
+    for t in model.graph.initializer:
+        raw = t.raw_data
+        if len(raw) < min_bytes:
+            continue
+        digest = hashlib.sha256(raw).digest()
+        if digest not in offsets:
+            blob.extend(b"\0" * (-len(blob) % _ALIGN))
+            offsets[digest] = len(blob)
+            blob.extend(raw)
+        del t.external_data[:]
+        for key, value in (("location", DATA_FILE), ("offset", str(offsets[digest])), ("length", str(len(raw)))):
+            entry = t.external_data.add()
+            entry.key, entry.value = key, value
+        t.data_location = TensorProto.EXTERNAL
+        t.ClearField("raw_data")
+    return bytes(blob)
+
+
 def write_model_dir(out_dir: str, model_id: str, hp: HParams, model: onnx.ModelProto, tokenizer: dict,
-                    chat_template: str, eos_token_ids: list, extra: dict = None) -> dict:
-    """Write the three files atomically-per-file and return the config written."""
+                    chat_template: str, eos_token_ids: list, extra: dict = None, external_data: bool = False) -> dict:
+    """Write the model files atomically-per-file and return the config written. With
+    `external_data`, large tensors go to DATA_FILE beside model.onnx (see `externalize`)."""
     os.makedirs(out_dir, exist_ok=True)
     files = {}
 
@@ -32,6 +61,9 @@ def write_model_dir(out_dir: str, model_id: str, hp: HParams, model: onnx.ModelP
         files[name] = {"sha256": sha256_file(os.path.join(out_dir, name)),
                        "bytes": os.path.getsize(os.path.join(out_dir, name))}
 
+    if external_data:
+        blob = externalize(model)
+        put(DATA_FILE, lambda p: open(p, "wb").write(blob))
     put("model.onnx", lambda p: onnx.save_model(model, p))
     put("tokenizer.json", lambda p: open(p, "w", encoding="utf-8").write(
         json.dumps(tokenizer, ensure_ascii=False, separators=(",", ":"))))

@@ -27,6 +27,32 @@ class GgufWeights:
         t = self._tensors[name]
         return np.ascontiguousarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
 
+    def q4_1(self, name: str):
+        """A Q4_1 tensor's blocks as stored, without rounding anything: codes uint8 [N, K] (0..15),
+        scales d and minimums m, f32 [N, K/32] (exact f16 values); weight = d * code + m."""
+        t = self._tensors[name]
+        assert t.tensor_type == gguf.GGMLQuantizationType.Q4_1, f"{name} is {t.tensor_type.name}, not Q4_1"
+        rows = t.data.shape[0]
+        blocks = t.data.reshape(rows, -1, 20)  # per block: d f16, m f16, 16 bytes of nibbles
+        d = blocks[:, :, 0:2].copy().view(np.float16)[:, :, 0].astype(np.float32)
+        m = blocks[:, :, 2:4].copy().view(np.float16)[:, :, 0].astype(np.float32)
+        qs = blocks[:, :, 4:]
+        # llama.cpp packs element j in the low nibble of byte j and element j + 16 in its high one.
+        codes = np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(rows, -1)
+        return codes, d, m
+
+    def layer_q4_1(self, i: int) -> dict:
+        """The linear weights of layer `i` as exact Q4_1 blocks (`q4_1`), Q/K permutation undone."""
+        hp = self.hp
+        p = f"blk.{i}."
+        out = {}
+        for role, name, heads in (("q", "attn_q", hp.num_heads), ("k", "attn_k", hp.num_kv_heads), ("v", "attn_v", 0),
+                                  ("o", "attn_output", 0), ("gate", "ffn_gate", 0), ("up", "ffn_up", 0),
+                                  ("down", "ffn_down", 0)):
+            parts = self.q4_1(p + name + ".weight")
+            out[role] = tuple(unpermute(a, heads) for a in parts) if heads else parts
+        return out
+
     def layer(self, i: int) -> dict:
         """All weights of decoder layer `i`, keyed by role."""
         hp = self.hp
