@@ -174,3 +174,25 @@ fn bench_json_prints_speed_and_memory() {
         assert!(v[key].as_f64().unwrap() > 0.0, "{key}: {v}");
     }
 }
+
+#[test]
+fn perplexity_json_scores_the_held_out_text() {
+    let model = tiny();
+    let text = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/eval/heldout.txt");
+    let args = ["--model", model.to_str().unwrap(), "--window", "128", "--stride", "64", "--json"];
+    let out = pocketlm(&[&["perplexity", text.to_str().unwrap()][..], &args[..]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = last_json_line(&out);
+    let tokens = v["tokens"].as_u64().unwrap();
+    assert!(tokens > 1500, "{v}");
+    assert_eq!(v["scored_tokens"].as_u64().unwrap(), tokens - 1);
+    let (ppl, nll) = (v["perplexity"].as_f64().unwrap(), v["mean_nll"].as_f64().unwrap());
+    // A random-weight model over a 49152-token vocabulary: far from fluent, but finite.
+    assert!(ppl > 1.0 && ppl.is_finite() && (ppl.ln() - nll).abs() < 1e-9, "{v}");
+    let bad = pocketlm(
+        &[&["perplexity", text.to_str().unwrap()][..], &["--model", model.to_str().unwrap(), "--window", "1"][..]]
+            .concat(),
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("window"), "{}", String::from_utf8_lossy(&bad.stderr));
+}

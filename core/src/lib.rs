@@ -2,7 +2,7 @@
 //!
 //! Data flows one way: model directory -> [`Model`] (verified, shared) -> [`Session`] (tokens +
 //! KV cache) -> [`Sampler`] -> text stream -> caller. [`generate`], [`Chat`] and [`summarize`]
-//! are the tasks on top.
+//! are the tasks on top; [`perplexity`] measures a model on a text.
 //!
 //! ```no_run
 //! use pocketlm::{CancelToken, GenerateParams, Model, ModelOptions, SessionOptions};
@@ -28,6 +28,7 @@ mod input;
 mod integrity;
 mod interface;
 mod model;
+mod perplexity;
 mod rewrite;
 mod rope;
 mod sampler;
@@ -46,6 +47,7 @@ pub use generate::{generate, Completion, FinishReason, GenerateParams, Timings};
 pub use input::text_from_bytes;
 pub use integrity::sha256_file;
 pub use model::{Model, ModelOptions};
+pub use perplexity::{perplexity, Perplexity, PerplexityOptions};
 pub use sampler::{argmax, Sampler, SamplingParams};
 pub use session::{Session, SessionOptions};
 pub use stop::{StopMatcher, StopOutcome};

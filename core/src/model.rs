@@ -17,12 +17,16 @@ use crate::tokenizer::Tokenizer;
 pub struct ModelOptions {
     /// Threads used by one inference step (tract's multithread executor). At least 1.
     pub threads: usize,
+    /// Compute the logits of every evaluated position, which [`Session::score`] (perplexity)
+    /// needs. Off by default: generation needs only the last position's, and the others cost
+    /// prefill time and a `[chunk, vocab]` buffer.
+    pub all_logits: bool,
 }
 
 impl Default for ModelOptions {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        ModelOptions { threads: cores.min(4) }
+        ModelOptions { threads: cores.min(4), all_logits: false }
     }
 }
 
@@ -35,6 +39,7 @@ pub struct Model {
     template: ChatTemplate,
     graph: DecoderGraph,
     threads: usize,
+    all_logits: bool,
     load_time_ms: f64,
 }
 
@@ -54,7 +59,7 @@ impl Model {
         log::info!("verified {} files in {:.0} ms", config.files.len(), started.elapsed().as_secs_f64() * 1e3);
         let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"), config.hparams.vocab_size)?;
         let template = ChatTemplate::new(&config.chat_template)?;
-        let graph = DecoderGraph::load(&dir.join("model.onnx"), &config, options.threads)?;
+        let graph = DecoderGraph::load(&dir.join("model.onnx"), &config, options.threads, options.all_logits)?;
         let load_time_ms = started.elapsed().as_secs_f64() * 1e3;
         log::info!("loaded {} from {} in {load_time_ms:.0} ms", config.model_id, dir.display());
         Ok(Arc::new(Model {
@@ -64,6 +69,7 @@ impl Model {
             template,
             graph,
             threads: options.threads,
+            all_logits: options.all_logits,
             load_time_ms,
         }))
     }
@@ -96,6 +102,11 @@ impl Model {
     /// Threads per inference step.
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// Whether every position's logits are computed (see [`ModelOptions::all_logits`]).
+    pub fn all_logits(&self) -> bool {
+        self.all_logits
     }
 
     /// Wall time `load` took (verify + parse + optimise), in milliseconds.

@@ -133,7 +133,7 @@ impl Session {
                 return Ok(None);
             }
             match self.eval(chunk) {
-                Ok(logits) => last = Some(logits),
+                Ok(logits) => last = Some(self.last_row(logits)),
                 Err(e) => {
                     self.rewind(start)?;
                     return Err(e);
@@ -150,7 +150,53 @@ impl Session {
         if id as usize >= vocab_size {
             return Err(Error::InvalidToken { id, vocab_size });
         }
-        self.eval(&[id])
+        self.eval(&[id]).map(|logits| self.last_row(logits))
+    }
+
+    /// Scores `ids` as a continuation of the current tokens: returns, for each `i ≥ 1`, the
+    /// natural-log probability the model gives `ids[i]` after everything before it (`ids.len() - 1`
+    /// values; perplexity is `exp(-mean)`). The tokens stay in the context, like a prefill.
+    /// Needs a model loaded with [`ModelOptions::all_logits`](crate::ModelOptions). Returns
+    /// `Ok(None)` if cancelled between chunks; on error or cancellation the session is rewound.
+    pub fn score(&mut self, ids: &[u32], cancel: &CancelToken) -> Result<Option<Vec<f32>>> {
+        if !self.model.all_logits() {
+            return Err(Error::State("scoring needs a model loaded with all_logits".into()));
+        }
+        if ids.len() < 2 {
+            return Err(Error::param("ids", "scoring needs at least 2 tokens"));
+        }
+        self.check_fits(ids.len())?;
+        let vocab_size = self.model.config().hparams.vocab_size;
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab_size) {
+            return Err(Error::InvalidToken { id, vocab_size });
+        }
+        let start = self.tokens.len();
+        let mut scores = Vec::with_capacity(ids.len() - 1);
+        for (c, chunk) in ids.chunks(self.prefill_chunk).enumerate() {
+            if cancel.is_cancelled() {
+                self.rewind(start)?;
+                return Ok(None);
+            }
+            let logits = match self.eval(chunk) {
+                Ok(logits) => logits,
+                Err(e) => {
+                    self.rewind(start)?;
+                    return Err(e);
+                }
+            };
+            // Row r predicts the token after chunk[r]: ids[c * chunk_len + r + 1].
+            let next = &ids[c * self.prefill_chunk + 1..];
+            for (row, &target) in logits.chunks_exact(vocab_size).zip(next) {
+                scores.push(log_softmax_at(row, target as usize));
+            }
+        }
+        Ok(Some(scores))
+    }
+
+    /// The last position's logits out of what the graph returned (one row, or all of them).
+    fn last_row(&self, mut logits: Vec<f32>) -> Vec<f32> {
+        let vocab_size = self.model.config().hparams.vocab_size;
+        logits.split_off(logits.len() - vocab_size)
     }
 
     fn eval(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
@@ -166,4 +212,11 @@ impl Session {
             }
         }
     }
+}
+
+/// `ln softmax(row)[index]`, computed stably in f64.
+fn log_softmax_at(row: &[f32], index: usize) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+    (row[index] as f64 - max - sum.ln()) as f32
 }

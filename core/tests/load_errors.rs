@@ -5,7 +5,7 @@ mod common;
 use pocketlm::{Error, Model, ModelOptions, SessionOptions};
 
 fn load(dir: &std::path::Path) -> Result<std::sync::Arc<Model>, Error> {
-    Model::load(dir, &ModelOptions { threads: 1 })
+    Model::load(dir, &ModelOptions { threads: 1, all_logits: false })
 }
 
 #[test]
@@ -97,7 +97,7 @@ fn unsupported_config_format_is_a_config_error() {
 #[test]
 fn bad_options_are_invalid_parameters() {
     assert!(matches!(
-        Model::load(common::tiny_dir(), &ModelOptions { threads: 0 }),
+        Model::load(common::tiny_dir(), &ModelOptions { threads: 0, all_logits: false }),
         Err(Error::InvalidParameter { name: "threads", .. })
     ));
     let model = common::tiny();

@@ -13,7 +13,7 @@ pub fn tiny_dir() -> PathBuf {
 
 /// The tiny model, loaded on one thread.
 pub fn tiny() -> Arc<Model> {
-    Model::load(tiny_dir(), &ModelOptions { threads: 1 }).expect("tiny model loads")
+    Model::load(tiny_dir(), &ModelOptions { threads: 1, all_logits: false }).expect("tiny model loads")
 }
 
 /// A copy of the tiny model directory in a fresh temp dir, for tests that damage files.
