@@ -6,6 +6,10 @@
 Input: a JSON list of {"prompt_ids": [...], "max_tokens": N}. Output: a JSON list of
 {"token_ids": [...]} — greedy continuations (stopping at the model's eos ids), fed through the
 same KV-cache interface pocketlm uses (prefill in one step, then one token per step).
+
+A request with "continuation": [...] instead is teacher-forced: the prompt, then those tokens one
+per step; the result has, per continuation token, onnxruntime's own pick ("argmax") and how far
+below its best logit that token's logit is ("gap", 0 when they agree).
 """
 import argparse
 import json
@@ -58,6 +62,18 @@ def greedy(sess, config, prompt_ids, max_tokens):
     return out
 
 
+def teacher_forced(sess, config, prompt_ids, continuation):
+    logits, cache = step(sess, prompt_ids, 0, empty_cache(config))
+    pos, argmax, gap = len(prompt_ids), [], []
+    for i, tok in enumerate(continuation):
+        argmax.append(int(np.argmax(logits)))
+        gap.append(float(logits.max() - logits[tok]))
+        if i + 1 < len(continuation):
+            logits, cache = step(sess, [tok], pos, cache)
+            pos += 1
+    return {"argmax": argmax, "gap": gap}
+
+
 def main():
     ap = argparse.ArgumentParser(description="onnxruntime greedy oracle")
     ap.add_argument("--model", required=True)
@@ -66,7 +82,8 @@ def main():
     with open(os.path.join(args.model, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
     sess = session(args.model, args.threads)
-    results = [{"token_ids": greedy(sess, config, r["prompt_ids"], r["max_tokens"])} for r in json.load(sys.stdin)]
+    results = [teacher_forced(sess, config, r["prompt_ids"], r["continuation"]) if "continuation" in r
+               else {"token_ids": greedy(sess, config, r["prompt_ids"], r["max_tokens"])} for r in json.load(sys.stdin)]
     json.dump(results, sys.stdout)
 
 

@@ -313,11 +313,27 @@ impl Softmax {
         }
     }
 
+    /// tract-linalg's kernels treat an unaligned head of the slice apart, so their sums depend on
+    /// where the row sits in memory (measured: the same prompt's logits varied by 1e-5 from run to
+    /// run, enough to flip int8 activation rounding in 4-bit models). They run on a copy at a
+    /// fixed alignment instead.
     fn kernels(&self, live: &mut [f32]) -> TractResult<()> {
-        self.mul.run_with_params(live, self.scale)?;
-        let max = self.max.run(live)?;
-        let sum = self.exp_sum.run_with_params(live, max)?;
-        self.mul.run_with_params(live, sum.recip())
+        const ALIGN: usize = 16; // floats: 64 bytes
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        SCRATCH.with_borrow_mut(|scratch| {
+            scratch.resize(live.len() + ALIGN, 0.0);
+            let start = scratch.as_ptr().align_offset(ALIGN * 4);
+            let row = &mut scratch[start..start + live.len()];
+            row.copy_from_slice(live);
+            self.mul.run_with_params(row, self.scale)?;
+            let max = self.max.run(row)?;
+            let sum = self.exp_sum.run_with_params(row, max)?;
+            self.mul.run_with_params(row, sum.recip())?;
+            live.copy_from_slice(row);
+            Ok(())
+        })
     }
 }
 

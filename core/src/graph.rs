@@ -10,7 +10,7 @@ use crate::attention::LayerCache;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::interface::{check_interface, find_slots, Slots};
-use crate::rewrite::{fuse_attention, fuse_rope, last_position_logits, untie_shared_constants};
+use crate::rewrite::{fuse_attention, fuse_block_offsets, fuse_rope, last_position_logits, untie_shared_constants};
 
 /// The optimised, runnable decoder, shared by all sessions of a model.
 #[derive(Debug)]
@@ -47,15 +47,18 @@ impl DecoderGraph {
     /// `threads` threads.
     pub fn load(path: &Path, config: &ModelConfig, threads: usize, all_logits: bool) -> Result<Self> {
         let graph_err = |what: &str, e: TractError| Error::Graph(format!("{what}: {e:#}"));
-        let inference = tract_onnx::onnx()
-            .model_for_path(path)
-            .map_err(|e| graph_err(&format!("cannot parse {} as ONNX", path.display()), e))?;
+        let mut onnx = tract_onnx::onnx();
+        crate::nbits::register(&mut onnx);
+        let inference =
+            onnx.model_for_path(path).map_err(|e| graph_err(&format!("cannot parse {} as ONNX", path.display()), e))?;
         check_interface(&inference, config)?;
         let mut typed = inference.into_typed().map_err(|e| graph_err("type analysis failed", e))?;
         if !all_logits {
             last_position_logits(&mut typed, &config.io.logits).map_err(|e| graph_err("slicing logits", e))?;
         }
         fuse_attention(&mut typed, config).map_err(|e| graph_err("fusing attention", e))?;
+        let offsets = fuse_block_offsets(&mut typed).map_err(|e| graph_err("fusing 4-bit block offsets", e))?;
+        log::debug!("fused {offsets} block offsets into 4-bit matmuls");
         let rope = fuse_rope(&mut typed, config).map_err(|e| graph_err("fusing rope", e))?;
         log::debug!("fused {rope} rotary embeddings");
         // tract's own `transformers_detect_all` (in-state or unfolded cache) was measured on this

@@ -41,7 +41,7 @@ fn python() -> String {
     }
 }
 
-fn oracle(model_dir: &Path, requests: &serde_json::Value) -> Vec<Vec<u32>> {
+fn oracle(model_dir: &Path, requests: &serde_json::Value) -> Vec<serde_json::Value> {
     let python = python();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/oracle.py");
     let mut child = Command::new(&python)
@@ -55,13 +55,11 @@ fn oracle(model_dir: &Path, requests: &serde_json::Value) -> Vec<Vec<u32>> {
     child.stdin.take().unwrap().write_all(requests.to_string().as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "oracle failed (is onnxruntime installed for {python}?)");
-    let results: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    results.iter().map(|r| serde_json::from_value(r["token_ids"].clone()).unwrap()).collect()
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn check_parity(model_dir: &Path, max_tokens: usize) {
-    let model = Model::load(model_dir, &ModelOptions { threads: 1, all_logits: false }).unwrap();
-    let prompts: Vec<Vec<u32>> = PROMPTS
+fn prompts(model: &Model) -> Vec<Vec<u32>> {
+    PROMPTS
         .iter()
         .map(|(text, chat)| {
             let text = if *chat {
@@ -71,19 +69,69 @@ fn check_parity(model_dir: &Path, max_tokens: usize) {
             };
             model.tokenizer().encode(&text).unwrap()
         })
-        .collect();
+        .collect()
+}
+
+fn greedy(model: &std::sync::Arc<Model>, prompt: &[u32], max_tokens: usize) -> Vec<u32> {
+    let params = GenerateParams { max_tokens, sampling: SamplingParams::greedy(), stop: vec![] };
+    let mut session = model.session(SessionOptions::default()).unwrap();
+    generate(&mut session, prompt, &params, &CancelToken::new(), &mut |_| {}).unwrap().token_ids
+}
+
+/// Most a chosen token's logit may sit below onnxruntime's best at the same step (nats).
+const MAX_GAP: f64 = 0.75;
+/// Fewest steps at which both pick the same token.
+const MIN_AGREEMENT: f64 = 0.9;
+
+/// Parity for int8-activation models (4-bit weights, `accuracy_level` 4): both runtimes quantize
+/// activations per block the same way, but the float sums around them (attention, norms) differ in
+/// the last bits, which moves some int8 roundings; logits then differ by ~0.1, so near-ties may
+/// break differently and exact greedy equality is the wrong test. Instead onnxruntime scores
+/// pocketlm's greedy continuation (teacher-forced): at every step pocketlm's token must be
+/// onnxruntime's choice or within `MAX_GAP` of it, and they must agree at `MIN_AGREEMENT` of steps.
+fn check_near_parity(model_dir: &Path, max_tokens: usize) {
+    let model = Model::load(model_dir, &ModelOptions { threads: 1, all_logits: false }).unwrap();
+    let prompts = prompts(&model);
+    let ours: Vec<Vec<u32>> = prompts.iter().map(|p| greedy(&model, p, max_tokens)).collect();
+    let requests = serde_json::json!(prompts
+        .iter()
+        .zip(&ours)
+        .map(|(p, c)| serde_json::json!({"prompt_ids": p, "continuation": c}))
+        .collect::<Vec<_>>());
+    let (mut steps, mut agree, mut worst) = (0usize, 0usize, (0f64, String::new()));
+    for ((result, tokens), (text, _)) in oracle(model_dir, &requests).iter().zip(&ours).zip(PROMPTS) {
+        let argmax: Vec<u32> = serde_json::from_value(result["argmax"].clone()).unwrap();
+        let gaps: Vec<f64> = serde_json::from_value(result["gap"].clone()).unwrap();
+        assert_eq!((argmax.len(), gaps.len()), (tokens.len(), tokens.len()));
+        for (i, ((ours, theirs), gap)) in tokens.iter().zip(&argmax).zip(&gaps).enumerate() {
+            steps += 1;
+            agree += usize::from(ours == theirs);
+            if *gap > worst.0 {
+                worst = (*gap, format!("{text:?} step {i}: pocketlm {ours}, onnxruntime {theirs}"));
+            }
+        }
+    }
+    let agreement = agree as f64 / steps as f64;
+    eprintln!("near parity: {agree}/{steps} steps agree, largest gap {:.3} ({})", worst.0, worst.1);
+    assert!(worst.0 <= MAX_GAP, "a token {:.3} below onnxruntime's best: {}", worst.0, worst.1);
+    assert!(agreement >= MIN_AGREEMENT, "only {agree} of {steps} steps agree with onnxruntime");
+}
+
+/// Exact parity: the same greedy tokens as onnxruntime.
+fn check_parity(model_dir: &Path, max_tokens: usize) {
+    let model = Model::load(model_dir, &ModelOptions { threads: 1, all_logits: false }).unwrap();
+    let prompts = prompts(&model);
     let requests = serde_json::json!(prompts
         .iter()
         .map(|p| serde_json::json!({"prompt_ids": p, "max_tokens": max_tokens}))
         .collect::<Vec<_>>());
-    let expected = oracle(model_dir, &requests);
-    let params = GenerateParams { max_tokens, sampling: SamplingParams::greedy(), stop: vec![] };
+    let expected: Vec<Vec<u32>> =
+        oracle(model_dir, &requests).iter().map(|r| serde_json::from_value(r["token_ids"].clone()).unwrap()).collect();
     let mut mismatches = Vec::new();
     for ((prompt, want), (text, _)) in prompts.iter().zip(&expected).zip(PROMPTS) {
-        let mut session = model.session(SessionOptions::default()).unwrap();
-        let got = generate(&mut session, prompt, &params, &CancelToken::new(), &mut |_| {}).unwrap();
-        if &got.token_ids != want {
-            mismatches.push(format!("{text:?}\n  pocketlm    {:?}\n  onnxruntime {want:?}", got.token_ids));
+        let got = greedy(&model, prompt, max_tokens);
+        if &got != want {
+            mismatches.push(format!("{text:?}\n  pocketlm    {got:?}\n  onnxruntime {want:?}"));
         }
     }
     assert!(
@@ -102,10 +150,10 @@ fn greedy_matches_onnxruntime_on_tiny_model() {
 
 #[test]
 #[ignore = "needs the converted default model: run through tests/run.sh (sets POCKETLM_DEFAULT_MODEL)"]
-fn greedy_matches_onnxruntime_on_default_model() {
+fn greedy_follows_onnxruntime_on_default_model() {
     let dir =
         std::env::var("POCKETLM_DEFAULT_MODEL").expect("POCKETLM_DEFAULT_MODEL must name the converted default model");
-    check_parity(Path::new(&dir), 32);
+    check_near_parity(Path::new(&dir), 32);
 }
 
 #[test]

@@ -90,10 +90,12 @@ def _matmul_q4_1(b, x, packed, scales, offsets_t, tag, name=None):
 
 
 def _matmul_nbits(b, x, packed, scales, tag, name=None):
-    """com.microsoft MatMulNBits, 4-bit symmetric blocks of 32 (no zero points: 8)."""
+    """com.microsoft MatMulNBits, 4-bit symmetric blocks of 32 (no zero points: 8).
+    accuracy_level 4: activations may be quantized to int8 per block, as pocketlm's kernel does."""
     n, blocks, _ = packed.shape
     inputs = [x, b.const(f"{tag}.qweight", packed), b.const(f"{tag}.scales", scales.reshape(-1))]
-    return b.op("MatMulNBits", inputs, name=name, domain=MS_DOMAIN, K=blocks * BLOCK, N=n, bits=4, block_size=BLOCK)
+    return b.op("MatMulNBits", inputs, name=name, domain=MS_DOMAIN, K=blocks * BLOCK, N=n, bits=4, block_size=BLOCK,
+                accuracy_level=4)
 
 
 def _causal_visibility(b, present_key, group, tag):

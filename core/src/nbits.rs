@@ -1,0 +1,202 @@
+//! Import of ONNX `com.microsoft.MatMulNBits` as [`QLinear`]: 4-bit, blocks of 32, with or without
+//! zero points (uint8-packed or float). Other variants (bit widths, block sizes, `g_idx`) go to
+//! tract's own importer, which dequantizes what its kernels cannot run.
+//!
+//! `MatMulNBits` computes `Y = A · dequant(B)ᵀ (+ bias)` with `B [N, K/32, 16]` uint8 (two codes per
+//! byte, element `2i` in the low nibble), `scales [N·K/32]` and `w = (code - zero) · scale`,
+//! zero 8 by default. `(code - zero) · s == (code - 8) · s + (8 - zero) · s`: the second term is
+//! the [`Q4Matrix`] block offset.
+
+use std::sync::Arc;
+
+use tract_onnx::model::{optional_inputs, ParsingContext};
+use tract_onnx::pb::NodeProto;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::math::add;
+use tract_onnx::tract_hir::internal::*;
+use tract_onnx::tract_hir::ops::logic::wire_with_rank_broadcast;
+use tract_onnx::Onnx;
+
+use crate::q4::{Q4Matrix, BLOCK};
+use crate::qlinear::QLinear;
+
+/// Makes `onnx` import `MatMulNBits` with this module.
+pub fn register(onnx: &mut Onnx) {
+    onnx.op_register.insert("MatMulNBits", mat_mul_nbits);
+}
+
+fn mat_mul_nbits(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let k: usize = node.get_attr("K")?;
+    let n: usize = node.get_attr("N")?;
+    let bits: usize = node.get_attr_opt("bits")?.unwrap_or(4);
+    let block_size: usize = node.get_attr("block_size")?;
+    let mut optional = optional_inputs(node).skip(3);
+    let (zero_points, g_idx, bias) = (optional.next().flatten(), optional.next().flatten(), optional.next().flatten());
+    if bits != 4 || block_size != BLOCK || !k.is_multiple_of(BLOCK) || g_idx.is_some() {
+        let tract = tract_onnx::onnx();
+        let builder = tract.op_register.0.get("MatMulNBits").context("tract imports MatMulNBits")?;
+        return builder(ctx, node);
+    }
+    Ok((expand(MatMulNBits { k, n, zero_points, bias }), vec![]))
+}
+
+#[derive(Debug, Clone)]
+struct MatMulNBits {
+    k: usize,
+    n: usize,
+    zero_points: Option<usize>,
+    bias: Option<usize>,
+}
+
+impl Expansion for MatMulNBits {
+    fn name(&self) -> StaticName {
+        "MatMulNBits".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?;
+        let n = self.n.to_dim();
+        s.given(&inputs[0].rank, move |s, rank| {
+            let rank = rank as usize;
+            s.equals(&outputs[0].rank, rank as i64)?;
+            for axis in 0..rank - 1 {
+                s.equals(&outputs[0].shape[axis], &inputs[0].shape[axis])?;
+            }
+            s.equals(&outputs[0].shape[rank - 1], n.clone())
+        })
+    }
+
+    fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+        let (n, k) = (self.n, self.k);
+        let blocks = k / BLOCK;
+        ensure!(model.outlet_fact(inputs[0])?.datum_type == f32::datum_type(), "MatMulNBits: A must be f32");
+        let konst = |i: usize, what: &str| -> TractResult<Arc<Tensor>> {
+            model.outlet_fact(inputs[i])?.konst.clone().with_context(|| format!("MatMulNBits: {what} must be constant"))
+        };
+        let b = konst(1, "B")?;
+        let b = b.try_as_plain_ram()?;
+        let b: &[u8] = b.as_slice()?;
+        ensure!(b.len() == n * blocks * BLOCK / 2, "MatMulNBits: B has {} bytes, expected {}", b.len(), n * k / 2);
+        let scales = konst(2, "scales")?.cast_to::<f32>()?.into_owned();
+        let scales: Vec<f32> = scales.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+        ensure!(scales.len() == n * blocks, "MatMulNBits: {} scales, expected {}", scales.len(), n * blocks);
+        let mut codes = vec![0u8; n * k];
+        for (pair, out) in b.iter().zip(codes.chunks_exact_mut(2)) {
+            out[0] = pair & 0x0F;
+            out[1] = pair >> 4;
+        }
+        let offsets = match self.zero_points {
+            None => None,
+            Some(i) => {
+                let zp = konst(i, "zero_points")?;
+                let zeros: Vec<f32> = if zp.datum_type() == u8::datum_type() {
+                    let packed = zp.try_as_plain_ram()?;
+                    let packed: &[u8] = packed.as_slice()?;
+                    let row_bytes = blocks.div_ceil(2);
+                    ensure!(packed.len() == n * row_bytes, "MatMulNBits: {} zero-point bytes", packed.len());
+                    (0..n * blocks)
+                        .map(|i| (i / blocks, i % blocks))
+                        .map(|(row, blk)| (packed[row * row_bytes + blk / 2] >> (4 * (blk % 2))) & 0x0F)
+                        .map(f32::from)
+                        .collect()
+                } else {
+                    let zeros = zp.cast_to::<f32>()?.into_owned();
+                    zeros.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()
+                };
+                ensure!(zeros.len() == n * blocks, "MatMulNBits: {} zero points", zeros.len());
+                Some(zeros.iter().zip(&scales).map(|(z, s)| (8.0 - z) * s).collect())
+            }
+        };
+        let weight = Q4Matrix::new(n, k, &codes, scales, offsets).context("MatMulNBits: inconsistent sizes")?;
+        let mut y = model.wire_node(prefix, QLinear { weight: Arc::new(weight) }, &[inputs[0]])?[0];
+        if let Some(i) = self.bias {
+            y = wire_with_rank_broadcast(format!("{prefix}.bias"), model, add(), &[y, inputs[i]])?[0];
+        }
+        Ok(tvec!(y))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> u64 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed >> 33
+    }
+
+    enum Zeros {
+        Default,
+        Packed(Vec<u8>),
+        Float(Vec<f32>),
+    }
+
+    /// Imports one MatMulNBits node through the expansion and runs it on `x [1, rows, k]`.
+    fn run(n: usize, k: usize, b: Vec<u8>, scales: Vec<f32>, zeros: &Zeros, x: &[f32]) -> Vec<f32> {
+        let rows = x.len() / k;
+        let mut model = InferenceModel::default();
+        let input = model.add_source("x", f32::fact([1, rows, k]).into()).unwrap();
+        let b = model.add_const("b", Tensor::from_shape(&[n, k / BLOCK, BLOCK / 2], &b).unwrap()).unwrap();
+        let s = model.add_const("s", Tensor::from_shape(&[n * k / BLOCK], &scales).unwrap()).unwrap();
+        let mut inputs = vec![input, b, s];
+        match zeros {
+            Zeros::Default => {}
+            Zeros::Packed(z) => inputs.push(model.add_const("z", Tensor::from_shape(&[z.len()], z).unwrap()).unwrap()),
+            Zeros::Float(z) => inputs.push(model.add_const("z", Tensor::from_shape(&[z.len()], z).unwrap()).unwrap()),
+        }
+        let op = MatMulNBits { k, n, zero_points: (inputs.len() == 4).then_some(3), bias: None };
+        let y = model.wire_node("mm", expand(op), &inputs).unwrap();
+        model.select_output_outlets(&y).unwrap();
+        let typed = model.into_typed().unwrap();
+        assert!(typed.nodes().iter().any(|n| n.op_is::<QLinear>()), "imported as QLinear");
+        let plan = typed.into_runnable().unwrap();
+        let out = plan.run(tvec![Tensor::from_shape(&[1, rows, k], x).unwrap().into_tvalue()]).unwrap();
+        out[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect()
+    }
+
+    #[test]
+    fn symmetric_packed_and_float_zero_points_import_exactly() {
+        let (n, k, rows) = (40, 96, 3);
+        let blocks = k / BLOCK;
+        let mut seed = 3;
+        let codes: Vec<u8> = (0..n * k).map(|_| (lcg(&mut seed) % 16) as u8).collect();
+        let b: Vec<u8> = codes.chunks_exact(2).map(|p| p[0] | (p[1] << 4)).collect();
+        let scales: Vec<f32> = (0..n * blocks).map(|_| (1 + lcg(&mut seed) % 100) as f32 * 1e-3).collect();
+        let x: Vec<f32> = (0..rows * k).map(|_| (lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0).collect();
+        let int_zeros: Vec<u8> = (0..n * blocks).map(|_| (lcg(&mut seed) % 16) as u8).collect();
+        let row_bytes = blocks.div_ceil(2);
+        let mut packed = vec![0u8; n * row_bytes];
+        for (i, z) in int_zeros.iter().enumerate() {
+            packed[(i / blocks) * row_bytes + (i % blocks) / 2] |= z << (4 * ((i % blocks) % 2));
+        }
+        let float_zeros: Vec<f32> = (0..n * blocks).map(|_| (lcg(&mut seed) % 1500) as f32 / 100.0).collect();
+        let cases = [
+            (Zeros::Default, vec![8.0; n * blocks]),
+            (Zeros::Packed(packed), int_zeros.iter().map(|&z| z as f32).collect()),
+            (Zeros::Float(float_zeros.clone()), float_zeros),
+        ];
+        for (zeros, zero_values) in &cases {
+            let y = run(n, k, b.clone(), scales.clone(), zeros, &x);
+            for r in 0..rows {
+                for j in 0..n {
+                    let (mut want, mut magnitude) = (0f64, 0f64);
+                    for i in 0..k {
+                        let blk = j * blocks + i / BLOCK;
+                        let w = (codes[j * k + i] as f64 - zero_values[blk] as f64) * scales[blk] as f64;
+                        want += w * x[r * k + i] as f64;
+                        magnitude += (w * x[r * k + i] as f64).abs();
+                    }
+                    // Activations are int8 per block: error well under 1% of Σ|w·x|.
+                    let got = y[r * n + j] as f64;
+                    assert!((got - want).abs() <= 0.01 * magnitude, "row {r} col {j}: {got} vs {want}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! `QLinear`: `y = x · Wᵀ` with a 4-bit block weight ([`Q4Matrix`]) and int8 activations, the
+//! tract op that ONNX `MatMulNBits` nodes become (see `nbits.rs`).
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use tract_linalg::multithread::{current_tract_executor, Executor};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+
+use crate::q4::{Q4Matrix, QuantizedRows};
+
+/// Fewest weight rows per parallel task: a 576-row product still splits over eight threads, and a
+/// task (one 576-wide row is ~0.3 µs) outweighs its dispatch.
+const MIN_ROWS_PER_TASK: usize = 64;
+
+/// Tasks per pool thread: rows cost the same, so one each balances, and every extra task costs a
+/// dispatch (measured: four per thread made 2-thread decode ~10% slower).
+const TASKS_PER_THREAD: usize = 1;
+
+/// `x [.., k] f32 → y [.., n] f32`, `y = x · Wᵀ`.
+#[derive(Clone, Debug)]
+pub struct QLinear {
+    /// The weight, shared by every plan made from this op.
+    pub weight: Arc<Q4Matrix>,
+}
+
+impl PartialEq for QLinear {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.weight, &other.weight)
+    }
+}
+
+impl Eq for QLinear {}
+
+impl Hash for QLinear {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.weight).hash(state)
+    }
+}
+
+impl Op for QLinear {
+    fn name(&self) -> StaticName {
+        "QLinear".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("{}x{} 4-bit, {} bytes", self.weight.n(), self.weight.k(), self.weight.bytes())])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for QLinear {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = inputs[0].to_plain_array_view::<f32>()?;
+        let (n, k) = (self.weight.n(), self.weight.k());
+        ensure!(x.shape().last() == Some(&k), "QLinear input {:?}: last axis must be {k}", x.shape());
+        let x = x.as_standard_layout();
+        let x = x.as_slice().context("contiguous input")?;
+        let q = QuantizedRows::quantize(x, k);
+        let rows = q.rows();
+        let mut shape: TVec<usize> = inputs[0].shape().into();
+        *shape.last_mut().expect("rank >= 1") = n;
+        let mut out = Tensor::zero::<f32>(&shape)?;
+        let mut view = out.to_plain_array_view_mut::<f32>()?;
+        let y = view.as_slice_mut().context("fresh tensor is contiguous")?;
+        let weight = &*self.weight;
+        match current_tract_executor() {
+            Executor::MultiThread(pool) if n > MIN_ROWS_PER_TASK => {
+                let per_task = MIN_ROWS_PER_TASK.max(n.div_ceil(TASKS_PER_THREAD * pool.current_num_threads()));
+                let q = &q;
+                if rows == 1 {
+                    // One activation row: each task writes its own slice of the output.
+                    pool.scope(|scope| {
+                        for (t, part) in y.chunks_mut(per_task).enumerate() {
+                            scope.spawn(move |_| {
+                                let width = part.len();
+                                weight.matmul_rows(q, t * per_task..t * per_task + width, part, width)
+                            });
+                        }
+                    });
+                } else {
+                    let mut parts: Vec<Vec<f32>> = vec![Vec::new(); n.div_ceil(per_task)];
+                    pool.scope(|scope| {
+                        for (t, part) in parts.iter_mut().enumerate() {
+                            scope.spawn(move |_| {
+                                let range = t * per_task..((t + 1) * per_task).min(n);
+                                let width = range.len();
+                                *part = vec![0f32; rows * width];
+                                weight.matmul_rows(q, range, part, width);
+                            });
+                        }
+                    });
+                    for (t, part) in parts.iter().enumerate() {
+                        let width = part.len() / rows;
+                        for r in 0..rows {
+                            y[r * n + t * per_task..][..width].copy_from_slice(&part[r * width..][..width]);
+                        }
+                    }
+                }
+            }
+            _ => weight.matmul_rows(&q, 0..n, y, n),
+        }
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for QLinear {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs.len() == 1 && inputs[0].datum_type == f32::datum_type(), "QLinear takes one f32 input");
+        let mut shape = inputs[0].shape.to_tvec();
+        ensure!(shape.last() == Some(&self.weight.k().to_dim()), "QLinear input {:?}", inputs[0].shape);
+        *shape.last_mut().expect("rank checked") = self.weight.n().to_dim();
+        Ok(tvec!(f32::fact(shape)))
+    }
+
+    fn cost(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        Ok(tvec!((Cost::FMA(i8::datum_type()), (self.weight.n() * self.weight.k()).to_dim())))
+    }
+
+    as_op!();
+}
