@@ -35,6 +35,23 @@ fn status_mib(field: &str) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// Single-thread read bandwidth in GB/s: the best of three sums over a 256 MiB buffer (far larger
+/// than any cache), the ceiling a memory-bound decode step is compared against.
+fn read_bandwidth_gb_s() -> f64 {
+    let words = vec![1u64; 32 << 20];
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t = Instant::now();
+        // Four independent sums keep the adds off the critical path.
+        let sum = words.chunks_exact(4).fold([0u64; 4], |a, c| {
+            [a[0].wrapping_add(c[0]), a[1].wrapping_add(c[1]), a[2].wrapping_add(c[2]), a[3].wrapping_add(c[3])]
+        });
+        std::hint::black_box(sum);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (words.len() * 8) as f64 / best / 1e9
+}
+
 /// Runs the command.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.prompt_tokens > 0 && args.gen_tokens > 0, "--prompt-tokens and --gen-tokens must be positive");
@@ -62,6 +79,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let decode_ms = t1.elapsed().as_secs_f64() * 1e3;
     let kv_cache_mib = session.cache_bytes() as f64 / (1024.0 * 1024.0);
     let decode_steps = args.gen_tokens - 1;
+    let peak_rss = status_mib("VmHWM:"); // before the bandwidth probe's buffer
+    let bandwidth = read_bandwidth_gb_s();
+    let weight_bytes = model.weight_bytes_per_token();
+    let weight_gb_s = weight_bytes as f64 * rate(decode_steps, decode_ms) / 1e9;
     let report = json!({
         "runtime": "pocketlm",
         "model": model.config().model_id,
@@ -76,7 +97,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "decode_tok_s": rate(decode_steps, decode_ms),
         "rss_after_load_mib": rss_after_load,
         "kv_cache_mib": kv_cache_mib,
-        "peak_rss_mib": status_mib("VmHWM:"),
+        "peak_rss_mib": peak_rss,
+        "weight_bytes_per_token": weight_bytes,
+        "read_bandwidth_gb_s": bandwidth,
         "prompt_token_ids": prompt,
         "generated_token_ids": generated,
     });
@@ -99,7 +122,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!(
             "memory       {:.0} MiB resident after load, {:.0} MiB peak, KV cache {kv_cache_mib:.1} MiB",
             rss_after_load.unwrap_or(f64::NAN),
-            status_mib("VmHWM:").unwrap_or(f64::NAN)
+            peak_rss.unwrap_or(f64::NAN)
+        );
+        println!(
+            "bandwidth    {:.1} MB of weights per token = {weight_gb_s:.1} GB/s in decode; read bandwidth {bandwidth:.1} GB/s \
+             (1 thread): {:.0}%",
+            weight_bytes as f64 / 1e6,
+            100.0 * weight_gb_s / bandwidth
         );
     }
     Ok(())

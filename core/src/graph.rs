@@ -19,6 +19,7 @@ pub struct DecoderGraph {
     slots: Slots,
     vocab_size: usize,
     executor: Executor,
+    weight_bytes: usize,
 }
 
 /// Per-session tract state: scratch buffers and, inside the attention ops, the KV cache.
@@ -64,6 +65,7 @@ impl DecoderGraph {
         // tract's own `transformers_detect_all` (in-state or unfolded cache) was measured on this
         // graph: no gain over the plain optimiser, and its cache still concatenates every step.
         // The fused ops above own the cache instead and append in place.
+        let weight_bytes = weight_bytes_per_step(&typed);
         let mut optimized = typed.into_optimized().map_err(|e| graph_err("optimisation failed", e))?;
         untie_shared_constants(&mut optimized).map_err(|e| graph_err("packing shared weights", e))?;
         let slots = find_slots(&optimized, config)?;
@@ -87,7 +89,12 @@ impl DecoderGraph {
             "decoder graph ready: {} layers, vocab {vocab_size}, {threads} thread(s)",
             config.kv_cache.num_layers
         );
-        Ok(DecoderGraph { plan, slots, vocab_size, executor })
+        Ok(DecoderGraph { plan, slots, vocab_size, executor, weight_bytes })
+    }
+
+    /// Bytes of weights one step reads (see [`weight_bytes_per_step`]).
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes
     }
 
     /// Fresh per-session state.
@@ -128,4 +135,28 @@ impl DecoderGraph {
 fn tensor_2d(values: Vec<i64>) -> Result<TValue> {
     let n = values.len();
     Ok(Tensor::from_shape(&[1, n], &values).map_err(Error::inference)?.into_tvalue())
+}
+
+/// Bytes of weights a decode step reads: every 4-bit matrix and every constant, except tables
+/// only looked up by `Gather` (one row per token). Dense weights are counted at their stored size.
+fn weight_bytes_per_step(model: &TypedModel) -> usize {
+    use tract_onnx::tract_core::ops::array::Gather;
+    use tract_onnx::tract_core::ops::konst::Const;
+    model
+        .nodes()
+        .iter()
+        .map(|node| {
+            if let Some(linear) = node.op_as::<crate::qlinear::QLinear>() {
+                return linear.weight.bytes();
+            }
+            let Some(konst) = node.op_as::<Const>() else { return 0 };
+            let only_gathered =
+                node.outputs[0].successors.iter().all(|s| model.node(s.node).op_is::<Gather>() && s.slot == 0);
+            if only_gathered {
+                return 0;
+            }
+            let t = konst.val();
+            t.volume() * t.datum_type().size_of()
+        })
+        .sum()
 }

@@ -109,6 +109,11 @@ impl Model {
         self.all_logits
     }
 
+    /// Bytes of weights one decoded token reads (the memory-bandwidth floor of decode).
+    pub fn weight_bytes_per_token(&self) -> usize {
+        self.graph.weight_bytes()
+    }
+
     /// Wall time `load` took (verify + parse + optimise), in milliseconds.
     pub fn load_time_ms(&self) -> f64 {
         self.load_time_ms

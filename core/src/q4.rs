@@ -73,29 +73,71 @@ impl Q4Matrix {
     /// `y[r][j] = Σ_i w[j][i] x_r[i]` for rows `j` in `rows` of the matrix and every quantized
     /// activation row `r` of `x`; `y` is `[x.rows()][rows.len()]`, row-major, stride `y_stride`.
     pub fn matmul_rows(&self, x: &QuantizedRows, rows: std::ops::Range<usize>, y: &mut [f32], y_stride: usize) {
-        let nb = self.k / BLOCK;
+        let (k, nb) = (self.k, self.k / BLOCK);
+        let row = |r: usize| XRow {
+            q: &x.q[r * k..][..k],
+            scales: &x.scales[r * nb..][..nb],
+            sums: &x.sums[r * nb..][..nb],
+            corrections: &x.corrections[r * nb..][..nb],
+        };
+        let weight_row = |j: usize| WRow {
+            codes: &self.codes[j * nb * BLOCK / 2..][..nb * BLOCK / 2],
+            scales: &self.scales[j * nb..][..nb],
+            offsets: self.offsets.as_ref().map_or(&[][..], |o| &o[j * nb..][..nb]),
+        };
+        if x.rows == 1 {
+            // Decode: one activation row, the kernel chosen once for all weight rows.
+            let (kernel, x) = (dot_kernel(), row(0));
+            for (out, j) in y.iter_mut().zip(rows) {
+                // SAFETY: `dot_kernel` returns only kernels whose CPU features are present.
+                *out = unsafe { kernel(&weight_row(j), &x) };
+            }
+            return;
+        }
         for (jj, j) in rows.enumerate() {
-            let codes = &self.codes[j * nb * BLOCK / 2..][..nb * BLOCK / 2];
-            let scales = &self.scales[j * nb..][..nb];
-            let offsets = self.offsets.as_ref().map(|o| &o[j * nb..][..nb]);
-            for r in 0..x.rows {
-                let mut acc = dot(codes, scales, &x.q[r * self.k..][..self.k], &x.scales[r * nb..][..nb]);
-                if let Some(offsets) = offsets {
-                    acc += offsets.iter().zip(&x.sums[r * nb..][..nb]).map(|(o, s)| o * s).sum::<f32>();
+            let w = weight_row(j);
+            let mut r = 0;
+            // Four activation rows at a time share the unpacking of the weight row (prefill).
+            while r + 4 <= x.rows {
+                let acc = dot4(&w, [row(r), row(r + 1), row(r + 2), row(r + 3)]);
+                for (i, a) in acc.into_iter().enumerate() {
+                    y[(r + i) * y_stride + jj] = a;
                 }
-                y[r * y_stride + jj] = acc;
+                r += 4;
+            }
+            for r in r..x.rows {
+                y[r * y_stride + jj] = dot(&w, &row(r));
             }
         }
     }
 }
 
-/// Activation rows quantized per block: int8 values, block scales and exact float block sums.
+/// Activation rows quantized per block: int8 values, block scales, exact float block sums, and
+/// `8 · scale · Σ q` per block (what unsigned-code kernels subtract to get `(code - 8) · q`).
 #[derive(Debug, Default, Clone)]
 pub struct QuantizedRows {
     rows: usize,
     q: Vec<i8>,
     scales: Vec<f32>,
     sums: Vec<f32>,
+    corrections: Vec<f32>,
+}
+
+/// One weight row: packed codes, block scales and block offsets (empty when symmetric).
+#[derive(Clone, Copy)]
+struct WRow<'a> {
+    codes: &'a [u8],
+    scales: &'a [f32],
+    offsets: &'a [f32],
+}
+
+/// One quantized activation row.
+#[derive(Clone, Copy)]
+struct XRow<'a> {
+    q: &'a [i8],
+    scales: &'a [f32],
+    sums: &'a [f32],
+    corrections: &'a [f32],
 }
 
 impl QuantizedRows {
@@ -103,15 +145,23 @@ impl QuantizedRows {
     pub fn quantize(x: &[f32], k: usize) -> Self {
         let rows = x.len() / k;
         let blocks = x.len() / BLOCK;
-        let mut out = QuantizedRows { rows, q: vec![0; x.len()], scales: vec![0.0; blocks], sums: vec![0.0; blocks] };
+        let mut out = QuantizedRows {
+            rows,
+            q: vec![0; x.len()],
+            scales: vec![0.0; blocks],
+            sums: vec![0.0; blocks],
+            corrections: vec![0.0; blocks],
+        };
         for (b, block) in x.chunks_exact(BLOCK).enumerate() {
             let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
             let inverse = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             out.scales[b] = amax / 127.0;
             out.sums[b] = block.iter().sum();
-            for (q, v) in out.q[b * BLOCK..][..BLOCK].iter_mut().zip(block) {
+            let q = &mut out.q[b * BLOCK..][..BLOCK];
+            for (q, v) in q.iter_mut().zip(block) {
                 *q = round_ties_even(v * inverse) as i8;
             }
+            out.corrections[b] = 8.0 * out.scales[b] * q.iter().map(|&v| v as i32).sum::<i32>() as f32;
         }
         out
     }
@@ -131,19 +181,42 @@ fn round_ties_even(v: f32) -> f32 {
     (v + MAGIC) - MAGIC
 }
 
-/// `Σ_b d_b · sx_b · Σ_i (code_i - 8) · q_i` over one weight row.
-fn dot(codes: &[u8], scales: &[f32], q: &[i8], q_scales: &[f32]) -> f32 {
+/// One weight row times one activation row:
+/// `Σ_b d_b · sx_b · Σ_i (code_i - 8) · q_i + Σ_b o_b · Σ_i x_i`.
+fn dot(w: &WRow, x: &XRow) -> f32 {
+    // SAFETY: `dot_kernel` returns only kernels whose CPU features are present.
+    unsafe { dot_kernel()(w, x) }
+}
+
+/// A [`dot`] kernel. Unsafe to call on a CPU without the features it is compiled for.
+type DotKernel = unsafe fn(&WRow, &XRow) -> f32;
+
+/// The fastest [`dot`] kernel this CPU runs (safe to call here).
+fn dot_kernel() -> DotKernel {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { dot_avx2(codes, scales, q, q_scales) };
+    {
+        if std::is_x86_feature_detected!("avxvnni") && std::is_x86_feature_detected!("fma") {
+            return dot_vnni;
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return dot_avx2;
+        }
     }
     #[cfg(target_arch = "aarch64")]
     if std::arch::is_aarch64_feature_detected!("dotprod") {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { dot_neon_dotprod(codes, scales, q, q_scales) };
+        return dot_neon_dotprod;
     }
-    dot_scalar(codes, scales, q, q_scales)
+    dot_scalar
+}
+
+/// [`dot`] for four activation rows at once (the weight row is unpacked once).
+fn dot4(w: &WRow, x: [XRow; 4]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        return unsafe { dot4_avx2::<4>(w, x) };
+    }
+    x.map(|x| dot(w, &x))
 }
 
 /// The exact integer dot product of one block: `Σ_i (code_i - 8) · q_i`.
@@ -157,67 +230,132 @@ fn block_dot(codes: &[u8], q: &[i8]) -> i32 {
         .sum()
 }
 
-fn dot_scalar(codes: &[u8], scales: &[f32], q: &[i8], q_scales: &[f32]) -> f32 {
+fn dot_scalar(w: &WRow, x: &XRow) -> f32 {
     let mut acc = 0f32;
-    for b in 0..scales.len() {
-        let i = block_dot(&codes[b * BLOCK / 2..][..BLOCK / 2], &q[b * BLOCK..][..BLOCK]);
-        acc += i as f32 * (scales[b] * q_scales[b]);
+    for b in 0..w.scales.len() {
+        let i = block_dot(&w.codes[b * BLOCK / 2..][..BLOCK / 2], &x.q[b * BLOCK..][..BLOCK]);
+        acc += i as f32 * (w.scales[b] * x.scales[b]);
     }
-    acc
+    acc + w.offsets.iter().zip(x.sums).map(|(o, s)| o * s).sum::<f32>()
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(codes: &[u8], scales: &[f32], q: &[i8], q_scales: &[f32]) -> f32 {
+#[target_feature(enable = "avx2")]
+unsafe fn hsum_avx2(acc: std::arch::x86_64::__m256) -> f32 {
     use std::arch::x86_64::*;
-    let nb = scales.len();
-    debug_assert!(codes.len() >= nb * BLOCK / 2 && q.len() >= nb * BLOCK && q_scales.len() >= nb);
+    let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)))
+}
+
+/// `R` activation rows against one weight row, signed codes (maddubs with the sign moved onto q).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot4_avx2<const R: usize>(w: &WRow, x: [XRow; R]) -> [f32; R] {
+    use std::arch::x86_64::*;
+    let nb = w.scales.len();
+    debug_assert!(w.codes.len() >= nb * BLOCK / 2);
+    debug_assert!(x.iter().all(|x| x.q.len() >= nb * BLOCK && x.scales.len() >= nb));
     let low = _mm256_set1_epi8(0x0F);
     let eight = _mm256_set1_epi8(8);
     let ones = _mm256_set1_epi16(1);
-    // Two accumulators halve the FMA dependency chain.
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..nb {
+        let raw = _mm_loadu_si128(w.codes.as_ptr().add(b * BLOCK / 2) as *const __m128i);
+        // [codes 0..16 | codes 16..32] as signed bytes in -8..=7.
+        let signed = _mm256_sub_epi8(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low), eight);
+        let magnitude = _mm256_sign_epi8(signed, signed);
+        let d = *w.scales.get_unchecked(b);
+        for r in 0..R {
+            let q = _mm256_loadu_si256(x[r].q.as_ptr().add(b * BLOCK) as *const __m256i);
+            // maddubs multiplies unsigned by signed: move the code's sign onto q.
+            let products = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(q, signed));
+            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(products, ones));
+            let scale = _mm256_set1_ps(d * *x[r].scales.get_unchecked(b));
+            acc[r] = _mm256_fmadd_ps(sums, scale, acc[r]);
+        }
+    }
+    let mut out = [0f32; R];
+    for r in 0..R {
+        out[r] = hsum_avx2(acc[r]) + pair_dot_avx2(w.offsets, x[r].sums, &[], &[]);
+    }
+    out
+}
+
+/// [`dot4_avx2`] for one activation row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(w: &WRow, x: &XRow) -> f32 {
+    dot4_avx2::<1>(w, [*x])[0]
+}
+
+/// One activation row with AVX-VNNI: unsigned codes times q, minus the precomputed `8 · Σ q` term.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avxvnni")]
+unsafe fn dot_vnni(w: &WRow, x: &XRow) -> f32 {
+    use std::arch::x86_64::*;
+    let nb = w.scales.len();
+    debug_assert!(w.codes.len() >= nb * BLOCK / 2 && x.q.len() >= nb * BLOCK && x.corrections.len() >= nb);
+    let low = _mm256_set1_epi8(0x0F);
     let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     for b in 0..nb {
-        let raw = _mm_loadu_si128(codes.as_ptr().add(b * BLOCK / 2) as *const __m128i);
-        // [codes 0..16 | codes 16..32] as signed bytes in -8..=7.
-        let w = _mm256_sub_epi8(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low), eight);
-        let x = _mm256_loadu_si256(q.as_ptr().add(b * BLOCK) as *const __m256i);
-        // maddubs multiplies unsigned by signed: move w's sign onto x.
-        let products = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
-        let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(products, ones));
-        let scale = _mm256_set1_ps(*scales.get_unchecked(b) * *q_scales.get_unchecked(b));
+        let raw = _mm_loadu_si128(w.codes.as_ptr().add(b * BLOCK / 2) as *const __m128i);
+        let codes = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
+        let q = _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i);
+        let sums = _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), codes, q));
+        let scale = _mm256_set1_ps(*w.scales.get_unchecked(b) * *x.scales.get_unchecked(b));
+        // Two accumulators halve the FMA dependency chain.
         if b % 2 == 0 {
             acc0 = _mm256_fmadd_ps(sums, scale, acc0);
         } else {
             acc1 = _mm256_fmadd_ps(sums, scale, acc1);
         }
     }
-    let acc = _mm256_add_ps(acc0, acc1);
-    let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)))
+    hsum_avx2(_mm256_add_ps(acc0, acc1)) + pair_dot_avx2(w.offsets, x.sums, w.scales, x.corrections)
+}
+
+/// `Σ a_i · b_i - Σ c_i · d_i` (either pair may be empty).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pair_dot_avx2(a: &[f32], b: &[f32], c: &[f32], d: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let (n, m) = (a.len().min(b.len()), c.len().min(d.len()));
+    let mut acc = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= n {
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), acc);
+        i += 8;
+    }
+    let mut j = 0;
+    while j + 8 <= m {
+        acc = _mm256_fnmadd_ps(_mm256_loadu_ps(c.as_ptr().add(j)), _mm256_loadu_ps(d.as_ptr().add(j)), acc);
+        j += 8;
+    }
+    let mut sum = hsum_avx2(acc);
+    sum += (i..n).map(|i| a[i] * b[i]).sum::<f32>();
+    sum - (j..m).map(|j| c[j] * d[j]).sum::<f32>()
 }
 
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon,dotprod")]
-unsafe fn dot_neon_dotprod(codes: &[u8], scales: &[f32], q: &[i8], q_scales: &[f32]) -> f32 {
+unsafe fn dot_neon_dotprod(w: &WRow, x: &XRow) -> f32 {
     use std::arch::aarch64::*;
-    let nb = scales.len();
-    debug_assert!(codes.len() >= nb * BLOCK / 2 && q.len() >= nb * BLOCK && q_scales.len() >= nb);
+    let nb = w.scales.len();
+    debug_assert!(w.codes.len() >= nb * BLOCK / 2 && x.q.len() >= nb * BLOCK && x.scales.len() >= nb);
     let low = vdupq_n_u8(0x0F);
     let eight = vdupq_n_s8(8);
     let mut acc = vdupq_n_f32(0.0);
     for b in 0..nb {
-        let raw = vld1q_u8(codes.as_ptr().add(b * BLOCK / 2));
+        let raw = vld1q_u8(w.codes.as_ptr().add(b * BLOCK / 2));
         let w_lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(raw, low)), eight);
         let w_hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(raw, 4)), eight);
-        let x_lo = vld1q_s8(q.as_ptr().add(b * BLOCK));
-        let x_hi = vld1q_s8(q.as_ptr().add(b * BLOCK + 16));
+        let x_lo = vld1q_s8(x.q.as_ptr().add(b * BLOCK));
+        let x_hi = vld1q_s8(x.q.as_ptr().add(b * BLOCK + 16));
         let sums = vdotq_s32(vdotq_s32(vdupq_n_s32(0), w_lo, x_lo), w_hi, x_hi);
-        let scale = *scales.get_unchecked(b) * *q_scales.get_unchecked(b);
+        let scale = *w.scales.get_unchecked(b) * *x.scales.get_unchecked(b);
         acc = vfmaq_n_f32(acc, vcvtq_f32_s32(sums), scale);
     }
-    vaddvq_f32(acc)
+    vaddvq_f32(acc) + w.offsets.iter().zip(x.sums).map(|(o, s)| o * s).sum::<f32>()
 }
 
 #[cfg(test)]
@@ -302,12 +440,27 @@ mod tests {
         let x: Vec<f32> = (0..576).map(|_| (lcg(&mut seed) % 2001) as f32 / 500.0 - 2.0).collect();
         let qx = QuantizedRows::quantize(&x, 576);
         let nb = 576 / BLOCK;
-        for j in 0..4 {
-            let codes = &w.codes[j * nb * 16..][..nb * 16];
-            let scales = &w.scales[j * nb..][..nb];
-            let fast = dot(codes, scales, &qx.q, &qx.scales);
-            let slow = dot_scalar(codes, scales, &qx.q, &qx.scales);
-            assert!((fast - slow).abs() <= 1e-5 * (1.0 + slow.abs()), "{fast} vs {slow}");
+        let x = XRow { q: &qx.q, scales: &qx.scales, sums: &qx.sums, corrections: &qx.corrections };
+        let offsets: Vec<f32> = (0..nb).map(|b| b as f32 * 0.01 - 0.05).collect();
+        for j in 0..8 {
+            let offsets = if j % 2 == 0 { &offsets[..] } else { &[][..] };
+            let w = WRow {
+                codes: &w.codes[(j % 4) * nb * 16..][..nb * 16],
+                scales: &w.scales[(j % 4) * nb..][..nb],
+                offsets,
+            };
+            let slow = dot_scalar(&w, &x);
+            let magnitude = 1.0 + slow.abs();
+            assert!((dot(&w, &x) - slow).abs() <= 1e-5 * magnitude, "{} vs {slow}", dot(&w, &x));
+            for fast in dot4(&w, [x; 4]) {
+                assert!((fast - slow).abs() <= 1e-5 * magnitude, "{fast} vs {slow}");
+            }
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: checked above.
+                let avx2 = unsafe { dot_avx2(&w, &x) };
+                assert!((avx2 - slow).abs() <= 1e-5 * magnitude, "{avx2} vs {slow}");
+            }
         }
     }
 
