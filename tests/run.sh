@@ -38,6 +38,23 @@ done
 cmp models/tiny/tokenizer.json "$model_dir/tokenizer.json" || { echo "tiny model tokenizer differs from the default model's"; exit 1; }
 echo "golden ids, tiny model and tokenizer regenerate byte-identically"
 
+step "aarch64: core tests under qemu, Cortex-A53 (NEON) and Neoverse-N1 (NEON + dotprod)"
+for tool in aarch64-linux-gnu-gcc qemu-aarch64; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: install gcc-aarch64-linux-gnu and qemu-user (.ci/run does)"; exit 1; }
+done
+rustup target list --installed | grep -qx aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
+for cpu in cortex-a53 neoverse-n1; do
+  echo "-- qemu -cpu $cpu"
+  if ! CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu $cpu -L /usr/aarch64-linux-gnu" \
+    POCKETLM_PYTHON="$python" cargo test --release -p pocketlm --target aarch64-unknown-linux-gnu -- --nocapture \
+    > "$tmp/aarch64.log" 2>&1; then
+    cat "$tmp/aarch64.log"
+    exit 1
+  fi
+  grep -E "^test result|kernel:" "$tmp/aarch64.log"
+done
+
 step "cargo test (unit, integration, CLI, onnxruntime parity on tiny and default model)"
 POCKETLM_PYTHON="$python" POCKETLM_DEFAULT_MODEL="$model_dir" POCKETLM_F32_MODEL="$f32_dir" \
   cargo test --release --workspace -- --include-ignored

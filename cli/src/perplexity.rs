@@ -59,6 +59,7 @@ pub fn run(args: PerplexityArgs) -> anyhow::Result<()> {
             "scored_tokens": ppl.scored_tokens,
             "windows": ppl.windows,
             "seconds": seconds,
+            "token_ids": ids,
         });
         println!("{out}");
     } else {

@@ -86,8 +86,9 @@ impl DecoderGraph {
         let plan = optimized.into_runnable_with_options(&options).map_err(|e| graph_err("cannot plan the model", e))?;
         let vocab_size = config.hparams.vocab_size;
         log::info!(
-            "decoder graph ready: {} layers, vocab {vocab_size}, {threads} thread(s)",
-            config.kv_cache.num_layers
+            "decoder graph ready: {} layers, vocab {vocab_size}, {threads} thread(s), 4-bit kernel {}",
+            config.kv_cache.num_layers,
+            crate::q4::kernel_name()
         );
         Ok(DecoderGraph { plan, slots, vocab_size, executor, weight_bytes })
     }

@@ -51,6 +51,7 @@ pub use input::text_from_bytes;
 pub use integrity::sha256_file;
 pub use model::{Model, ModelOptions};
 pub use perplexity::{perplexity, Perplexity, PerplexityOptions};
+pub use q4::kernel_name as q4_kernel_name;
 pub use sampler::{argmax, Sampler, SamplingParams};
 pub use session::{Session, SessionOptions};
 pub use stop::{StopMatcher, StopOutcome};

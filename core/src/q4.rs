@@ -137,6 +137,7 @@ struct XRow<'a> {
     q: &'a [i8],
     scales: &'a [f32],
     sums: &'a [f32],
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the VNNI kernel needs it
     corrections: &'a [f32],
 }
 
@@ -191,6 +192,31 @@ fn dot(w: &WRow, x: &XRow) -> f32 {
 /// A [`dot`] kernel. Unsafe to call on a CPU without the features it is compiled for.
 type DotKernel = unsafe fn(&WRow, &XRow) -> f32;
 
+/// Name of the 4-bit kernel [`dot_kernel`] picks on this CPU (for logs and benchmarks).
+pub fn kernel_name() -> &'static str {
+    let kernel = dot_kernel() as usize;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if kernel == dot_vnni as DotKernel as usize {
+            return "x86_64 AVX-VNNI";
+        }
+        if kernel == dot_avx2 as DotKernel as usize {
+            return "x86_64 AVX2+FMA";
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if kernel == dot_neon_dotprod as DotKernel as usize {
+            return "aarch64 NEON dotprod (sdot)";
+        }
+        if kernel == dot_neon as DotKernel as usize {
+            return "aarch64 NEON";
+        }
+    }
+    let _ = kernel;
+    "scalar"
+}
+
 /// The fastest [`dot`] kernel this CPU runs (safe to call here).
 fn dot_kernel() -> DotKernel {
     #[cfg(target_arch = "x86_64")]
@@ -203,9 +229,13 @@ fn dot_kernel() -> DotKernel {
         }
     }
     #[cfg(target_arch = "aarch64")]
-    if std::arch::is_aarch64_feature_detected!("dotprod") {
-        return dot_neon_dotprod;
+    {
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            return dot_neon_dotprod;
+        }
+        return dot_neon;
     }
+    #[allow(unreachable_code)]
     dot_scalar
 }
 
@@ -336,6 +366,21 @@ unsafe fn pair_dot_avx2(a: &[f32], b: &[f32], c: &[f32], d: &[f32]) -> f32 {
     sum - (j..m).map(|j| c[j] * d[j]).sum::<f32>()
 }
 
+/// `acc + Σ` of each four adjacent `a·b` byte products (`sdot`; the intrinsic is not stable yet).
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn sdot(
+    acc: std::arch::aarch64::int32x4_t,
+    a: std::arch::aarch64::int8x16_t,
+    b: std::arch::aarch64::int8x16_t,
+) -> std::arch::aarch64::int32x4_t {
+    let mut acc = acc;
+    std::arch::asm!("sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b", acc = inout(vreg) acc, a = in(vreg) a, b = in(vreg) b,
+        options(pure, nomem, nostack));
+    acc
+}
+
+/// One activation row with NEON `sdot` (ARMv8.2 dot product: most phones since 2018).
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon,dotprod")]
 unsafe fn dot_neon_dotprod(w: &WRow, x: &XRow) -> f32 {
@@ -351,7 +396,32 @@ unsafe fn dot_neon_dotprod(w: &WRow, x: &XRow) -> f32 {
         let w_hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(raw, 4)), eight);
         let x_lo = vld1q_s8(x.q.as_ptr().add(b * BLOCK));
         let x_hi = vld1q_s8(x.q.as_ptr().add(b * BLOCK + 16));
-        let sums = vdotq_s32(vdotq_s32(vdupq_n_s32(0), w_lo, x_lo), w_hi, x_hi);
+        let sums = sdot(sdot(vdupq_n_s32(0), w_lo, x_lo), w_hi, x_hi);
+        let scale = *w.scales.get_unchecked(b) * *x.scales.get_unchecked(b);
+        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(sums), scale);
+    }
+    vaddvq_f32(acc) + w.offsets.iter().zip(x.sums).map(|(o, s)| o * s).sum::<f32>()
+}
+
+/// One activation row with baseline NEON (Cortex-A53 class cores): widening byte multiplies.
+#[cfg(target_arch = "aarch64")]
+unsafe fn dot_neon(w: &WRow, x: &XRow) -> f32 {
+    use std::arch::aarch64::*;
+    let nb = w.scales.len();
+    debug_assert!(w.codes.len() >= nb * BLOCK / 2 && x.q.len() >= nb * BLOCK && x.scales.len() >= nb);
+    let low = vdupq_n_u8(0x0F);
+    let eight = vdupq_n_s8(8);
+    let mut acc = vdupq_n_f32(0.0);
+    for b in 0..nb {
+        let raw = vld1q_u8(w.codes.as_ptr().add(b * BLOCK / 2));
+        let w_lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(raw, low)), eight);
+        let w_hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(raw, 4)), eight);
+        let x_lo = vld1q_s8(x.q.as_ptr().add(b * BLOCK));
+        let x_hi = vld1q_s8(x.q.as_ptr().add(b * BLOCK + 16));
+        // |(code - 8) · q| <= 1016: two products per i16 lane cannot overflow.
+        let p_lo = vmlal_s8(vmull_s8(vget_low_s8(w_lo), vget_low_s8(x_lo)), vget_low_s8(w_hi), vget_low_s8(x_hi));
+        let p_hi = vmlal_high_s8(vmull_high_s8(w_lo, x_lo), w_hi, x_hi);
+        let sums = vpadalq_s16(vpaddlq_s16(p_lo), p_hi);
         let scale = *w.scales.get_unchecked(b) * *x.scales.get_unchecked(b);
         acc = vfmaq_n_f32(acc, vcvtq_f32_s32(sums), scale);
     }
@@ -461,6 +531,24 @@ mod tests {
                 let avx2 = unsafe { dot_avx2(&w, &x) };
                 assert!((avx2 - slow).abs() <= 1e-5 * magnitude, "{avx2} vs {slow}");
             }
+        }
+    }
+
+    #[test]
+    fn the_fastest_kernel_for_this_cpu_is_selected() {
+        let name = kernel_name();
+        eprintln!("4-bit kernel: {name}");
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avxvnni") && std::is_x86_feature_detected!("fma") {
+            assert_eq!(name, "x86_64 AVX-VNNI");
+        } else if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            assert_eq!(name, "x86_64 AVX2+FMA");
+        }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            assert_eq!(name, "aarch64 NEON dotprod (sdot)");
+        } else {
+            assert_eq!(name, "aarch64 NEON");
         }
     }
 

@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""llama.cpp's perplexity on the same token ids and sliding windows as `pocketlm perplexity`.
+
+    pocketlm perplexity --json FILE > ours.json
+    python bench/llama_perplexity.py --gguf FILE --ids-from ours.json
+
+Reads the token ids, window and stride from pocketlm's JSON, evaluates each window in a fresh
+llama.cpp context with logits for every position, and scores every token once (the same rule as
+pocketlm's core/src/perplexity.rs). Prints one JSON line.
+"""
+import argparse
+import json
+import math
+
+import numpy as np
+from llama_cpp import Llama
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gguf", required=True)
+    ap.add_argument("--ids-from", required=True, help="the JSON line of `pocketlm perplexity --json`")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    with open(args.ids_from, encoding="utf-8") as f:
+        ours = json.loads(f.read().strip().splitlines()[-1])
+    ids, window, stride = ours["token_ids"], ours["window"], ours["stride"]
+    llm = Llama(model_path=args.gguf, n_ctx=window, n_batch=window, n_threads=args.threads,
+                n_threads_batch=args.threads, logits_all=True, verbose=False)
+    nll, scored, begin, done = 0.0, 0, 0, 1
+    while True:
+        end = min(begin + window, len(ids))
+        llm.reset()
+        llm.eval(ids[begin:end])
+        logits = np.asarray(llm.scores[: end - begin], dtype=np.float64)
+        for target in range(max(done, begin + 1), end):
+            row = logits[target - begin - 1]
+            m = row.max()
+            nll -= row[ids[target]] - m - math.log(np.exp(row - m).sum())
+            scored += 1
+        done = end
+        if end == len(ids):
+            break
+        begin += stride
+    print(json.dumps({"runtime": "llama.cpp", "gguf": args.gguf, "perplexity": math.exp(nll / scored),
+                      "mean_nll": nll / scored, "scored_tokens": scored, "window": window, "stride": stride}))
+
+
+if __name__ == "__main__":
+    main()
