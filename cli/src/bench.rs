@@ -100,6 +100,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "peak_rss_mib": peak_rss,
         "weight_bytes_per_token": weight_bytes,
         "q4_kernel": pocketlm::q4_kernel_name(),
+        "q8_kernel": pocketlm::q8_kernel_name(),
         "read_bandwidth_gb_s": bandwidth,
         "prompt_token_ids": prompt,
         "generated_token_ids": generated,
@@ -109,7 +110,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         println!("model        {} ({} thread(s))", model.config().model_id, model.threads());
         println!("load         {:.0} ms", model.load_time_ms());
-        println!("kernels      4-bit: {}", pocketlm::q4_kernel_name());
+        println!("kernels      4-bit: {}, 8-bit: {}", pocketlm::q4_kernel_name(), pocketlm::q8_kernel_name());
         println!(
             "prefill      {} tokens in {:.0} ms = {:.1} tok/s (time to first token {:.0} ms)",
             prompt.len(),

@@ -1,11 +1,12 @@
-//! Import of ONNX `com.microsoft.MatMulNBits` as [`QLinear`]: 4-bit, blocks of 32, with or without
-//! zero points (uint8-packed or float). Other variants (bit widths, block sizes, `g_idx`) go to
-//! tract's own importer, which dequantizes what its kernels cannot run.
+//! Import of ONNX `com.microsoft.MatMulNBits` as [`QLinear`]: 4- or 8-bit, blocks of 32, with or
+//! without zero points (uint8-packed or float). Other variants (bit widths, block sizes, `g_idx`)
+//! go to tract's own importer, which dequantizes what its kernels cannot run.
 //!
-//! `MatMulNBits` computes `Y = A · dequant(B)ᵀ (+ bias)` with `B [N, K/32, 16]` uint8 (two codes per
-//! byte, element `2i` in the low nibble), `scales [N·K/32]` and `w = (code - zero) · scale`,
-//! zero 8 by default. `(code - zero) · s == (code - 8) · s + (8 - zero) · s`: the second term is
-//! the [`Q4Matrix`] block offset.
+//! `MatMulNBits` computes `Y = A · dequant(B)ᵀ (+ bias)` with `B [N, K/32, 32·bits/8]` uint8 (4-bit:
+//! two codes per byte, element `2i` in the low nibble), `scales [N·K/32]` and
+//! `w = (code - zero) · scale`, zero `2^(bits-1)` by default. With `mid = 2^(bits-1)`,
+//! `(code - zero) · s == (code - mid) · s + (mid - zero) · s`: the second term is the block offset
+//! of [`Q4Matrix`] / [`Q8Matrix`].
 
 use std::sync::Arc;
 
@@ -18,7 +19,8 @@ use tract_onnx::tract_hir::ops::logic::wire_with_rank_broadcast;
 use tract_onnx::Onnx;
 
 use crate::q4::{Q4Matrix, BLOCK};
-use crate::qlinear::QLinear;
+use crate::q8::Q8Matrix;
+use crate::qlinear::{QLinear, QWeight};
 
 /// Makes `onnx` import `MatMulNBits` with this module.
 pub fn register(onnx: &mut Onnx) {
@@ -32,18 +34,19 @@ fn mat_mul_nbits(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn
     let block_size: usize = node.get_attr("block_size")?;
     let mut optional = optional_inputs(node).skip(3);
     let (zero_points, g_idx, bias) = (optional.next().flatten(), optional.next().flatten(), optional.next().flatten());
-    if bits != 4 || block_size != BLOCK || !k.is_multiple_of(BLOCK) || g_idx.is_some() {
+    if !(bits == 4 || bits == 8) || block_size != BLOCK || !k.is_multiple_of(BLOCK) || g_idx.is_some() {
         let tract = tract_onnx::onnx();
         let builder = tract.op_register.0.get("MatMulNBits").context("tract imports MatMulNBits")?;
         return builder(ctx, node);
     }
-    Ok((expand(MatMulNBits { k, n, zero_points, bias }), vec![]))
+    Ok((expand(MatMulNBits { k, n, bits, zero_points, bias }), vec![]))
 }
 
 #[derive(Debug, Clone)]
 struct MatMulNBits {
     k: usize,
     n: usize,
+    bits: usize,
     zero_points: Option<usize>,
     bias: Option<usize>,
 }
@@ -82,15 +85,12 @@ impl Expansion for MatMulNBits {
         let b = konst(1, "B")?;
         let b = b.try_as_plain_ram()?;
         let b: &[u8] = b.as_slice()?;
-        ensure!(b.len() == n * blocks * BLOCK / 2, "MatMulNBits: B has {} bytes, expected {}", b.len(), n * k / 2);
+        let expected = n * k * self.bits / 8;
+        ensure!(b.len() == expected, "MatMulNBits: B has {} bytes, expected {expected}", b.len());
         let scales = konst(2, "scales")?.cast_to::<f32>()?.into_owned();
         let scales: Vec<f32> = scales.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
         ensure!(scales.len() == n * blocks, "MatMulNBits: {} scales, expected {}", scales.len(), n * blocks);
-        let mut codes = vec![0u8; n * k];
-        for (pair, out) in b.iter().zip(codes.chunks_exact_mut(2)) {
-            out[0] = pair & 0x0F;
-            out[1] = pair >> 4;
-        }
+        let mid = (1u32 << (self.bits - 1)) as f32;
         let offsets = match self.zero_points {
             None => None,
             Some(i) => {
@@ -98,11 +98,15 @@ impl Expansion for MatMulNBits {
                 let zeros: Vec<f32> = if zp.datum_type() == u8::datum_type() {
                     let packed = zp.try_as_plain_ram()?;
                     let packed: &[u8] = packed.as_slice()?;
-                    let row_bytes = blocks.div_ceil(2);
+                    let per_byte = 8 / self.bits;
+                    let row_bytes = blocks.div_ceil(per_byte);
                     ensure!(packed.len() == n * row_bytes, "MatMulNBits: {} zero-point bytes", packed.len());
+                    let mask = ((1u16 << self.bits) - 1) as u8;
                     (0..n * blocks)
                         .map(|i| (i / blocks, i % blocks))
-                        .map(|(row, blk)| (packed[row * row_bytes + blk / 2] >> (4 * (blk % 2))) & 0x0F)
+                        .map(|(row, blk)| {
+                            (packed[row * row_bytes + blk / per_byte] >> (self.bits * (blk % per_byte))) & mask
+                        })
                         .map(f32::from)
                         .collect()
                 } else {
@@ -110,10 +114,21 @@ impl Expansion for MatMulNBits {
                     zeros.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()
                 };
                 ensure!(zeros.len() == n * blocks, "MatMulNBits: {} zero points", zeros.len());
-                Some(zeros.iter().zip(&scales).map(|(z, s)| (8.0 - z) * s).collect())
+                Some(zeros.iter().zip(&scales).map(|(z, s)| (mid - z) * s).collect())
             }
         };
-        let weight = Q4Matrix::new(n, k, &codes, scales, offsets).context("MatMulNBits: inconsistent sizes")?;
+        let weight = if self.bits == 4 {
+            let mut codes = vec![0u8; n * k];
+            for (pair, out) in b.iter().zip(codes.chunks_exact_mut(2)) {
+                out[0] = pair & 0x0F;
+                out[1] = pair >> 4;
+            }
+            Q4Matrix::new(n, k, &codes, scales, offsets).map(QWeight::Q4)
+        } else {
+            let codes = b.iter().map(|&c| (c as i16 - 128) as i8).collect();
+            Q8Matrix::new(n, k, codes, scales, offsets).map(QWeight::Q8)
+        };
+        let weight = weight.context("MatMulNBits: inconsistent sizes")?;
         let mut y = model.wire_node(prefix, QLinear { weight: Arc::new(weight) }, &[inputs[0]])?[0];
         if let Some(i) = self.bias {
             y = wire_with_rank_broadcast(format!("{prefix}.bias"), model, add(), &[y, inputs[i]])?[0];
@@ -138,11 +153,11 @@ mod tests {
     }
 
     /// Imports one MatMulNBits node through the expansion and runs it on `x [1, rows, k]`.
-    fn run(n: usize, k: usize, b: Vec<u8>, scales: Vec<f32>, zeros: &Zeros, x: &[f32]) -> Vec<f32> {
+    fn run(bits: usize, n: usize, k: usize, b: Vec<u8>, scales: Vec<f32>, zeros: &Zeros, x: &[f32]) -> Vec<f32> {
         let rows = x.len() / k;
         let mut model = InferenceModel::default();
         let input = model.add_source("x", f32::fact([1, rows, k]).into()).unwrap();
-        let b = model.add_const("b", Tensor::from_shape(&[n, k / BLOCK, BLOCK / 2], &b).unwrap()).unwrap();
+        let b = model.add_const("b", Tensor::from_shape(&[n, k / BLOCK, BLOCK * bits / 8], &b).unwrap()).unwrap();
         let s = model.add_const("s", Tensor::from_shape(&[n * k / BLOCK], &scales).unwrap()).unwrap();
         let mut inputs = vec![input, b, s];
         match zeros {
@@ -150,7 +165,7 @@ mod tests {
             Zeros::Packed(z) => inputs.push(model.add_const("z", Tensor::from_shape(&[z.len()], z).unwrap()).unwrap()),
             Zeros::Float(z) => inputs.push(model.add_const("z", Tensor::from_shape(&[z.len()], z).unwrap()).unwrap()),
         }
-        let op = MatMulNBits { k, n, zero_points: (inputs.len() == 4).then_some(3), bias: None };
+        let op = MatMulNBits { k, n, bits, zero_points: (inputs.len() == 4).then_some(3), bias: None };
         let y = model.wire_node("mm", expand(op), &inputs).unwrap();
         model.select_output_outlets(&y).unwrap();
         let typed = model.into_typed().unwrap();
@@ -182,7 +197,7 @@ mod tests {
             (Zeros::Float(float_zeros.clone()), float_zeros),
         ];
         for (zeros, zero_values) in &cases {
-            let y = run(n, k, b.clone(), scales.clone(), zeros, &x);
+            let y = run(4, n, k, b.clone(), scales.clone(), zeros, &x);
             for r in 0..rows {
                 for j in 0..n {
                     let (mut want, mut magnitude) = (0f64, 0f64);
@@ -193,6 +208,37 @@ mod tests {
                         magnitude += (w * x[r * k + i] as f64).abs();
                     }
                     // Activations are int8 per block: error well under 1% of Σ|w·x|.
+                    let got = y[r * n + j] as f64;
+                    assert!((got - want).abs() <= 0.01 * magnitude, "row {r} col {j}: {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn eight_bit_weights_import_with_default_and_packed_zero_points() {
+        let (n, k, rows) = (24, 64, 2);
+        let blocks = k / BLOCK;
+        let mut seed = 9;
+        let codes: Vec<u8> = (0..n * k).map(|_| (lcg(&mut seed) % 256) as u8).collect();
+        let scales: Vec<f32> = (0..n * blocks).map(|_| (1 + lcg(&mut seed) % 100) as f32 * 1e-4).collect();
+        let x: Vec<f32> = (0..rows * k).map(|_| (lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0).collect();
+        let zeros: Vec<u8> = (0..n * blocks).map(|_| (lcg(&mut seed) % 256) as u8).collect();
+        let cases = [
+            (Zeros::Default, vec![128.0; n * blocks]),
+            (Zeros::Packed(zeros.clone()), zeros.iter().map(|&z| z as f32).collect()),
+        ];
+        for (zero_input, zero_values) in &cases {
+            let y = run(8, n, k, codes.clone(), scales.clone(), zero_input, &x);
+            for r in 0..rows {
+                for j in 0..n {
+                    let (mut want, mut magnitude) = (0f64, 0f64);
+                    for i in 0..k {
+                        let blk = j * blocks + i / BLOCK;
+                        let w = (codes[j * k + i] as f64 - zero_values[blk] as f64) * scales[blk] as f64;
+                        want += w * x[r * k + i] as f64;
+                        magnitude += (w * x[r * k + i] as f64).abs();
+                    }
                     let got = y[r * n + j] as f64;
                     assert!((got - want).abs() <= 0.01 * magnitude, "row {r} col {j}: {got} vs {want}");
                 }

@@ -73,13 +73,8 @@ impl Q4Matrix {
     /// `y[r][j] = Σ_i w[j][i] x_r[i]` for rows `j` in `rows` of the matrix and every quantized
     /// activation row `r` of `x`; `y` is `[x.rows()][rows.len()]`, row-major, stride `y_stride`.
     pub fn matmul_rows(&self, x: &QuantizedRows, rows: std::ops::Range<usize>, y: &mut [f32], y_stride: usize) {
-        let (k, nb) = (self.k, self.k / BLOCK);
-        let row = |r: usize| XRow {
-            q: &x.q[r * k..][..k],
-            scales: &x.scales[r * nb..][..nb],
-            sums: &x.sums[r * nb..][..nb],
-            corrections: &x.corrections[r * nb..][..nb],
-        };
+        let nb = self.k / BLOCK;
+        let row = |r: usize| x.row(r);
         let weight_row = |j: usize| WRow {
             codes: &self.codes[j * nb * BLOCK / 2..][..nb * BLOCK / 2],
             scales: &self.scales[j * nb..][..nb],
@@ -133,12 +128,12 @@ struct WRow<'a> {
 
 /// One quantized activation row.
 #[derive(Clone, Copy)]
-struct XRow<'a> {
-    q: &'a [i8],
-    scales: &'a [f32],
-    sums: &'a [f32],
+pub(crate) struct XRow<'a> {
+    pub(crate) q: &'a [i8],
+    pub(crate) scales: &'a [f32],
+    pub(crate) sums: &'a [f32],
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the VNNI kernel needs it
-    corrections: &'a [f32],
+    pub(crate) corrections: &'a [f32],
 }
 
 impl QuantizedRows {
@@ -170,6 +165,17 @@ impl QuantizedRows {
     /// Rows held.
     pub fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// Row `r`.
+    pub(crate) fn row(&self, r: usize) -> XRow<'_> {
+        let (k, nb) = (self.q.len() / self.rows, self.scales.len() / self.rows);
+        XRow {
+            q: &self.q[r * k..][..k],
+            scales: &self.scales[r * nb..][..nb],
+            sums: &self.sums[r * nb..][..nb],
+            corrections: &self.corrections[r * nb..][..nb],
+        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! `QLinear`: `y = x · Wᵀ` with a 4-bit block weight ([`Q4Matrix`]) and int8 activations, the
-//! tract op that ONNX `MatMulNBits` nodes become (see `nbits.rs`).
+//! `QLinear`: `y = x · Wᵀ` with a 4- or 8-bit block weight ([`QWeight`]) and int8 activations,
+//! the tract op that ONNX `MatMulNBits` nodes become (see `nbits.rs`).
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -9,6 +9,65 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
 use crate::q4::{Q4Matrix, QuantizedRows};
+use crate::q8::Q8Matrix;
+
+/// A block-quantized weight.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QWeight {
+    /// 4-bit codes.
+    Q4(Q4Matrix),
+    /// 8-bit codes.
+    Q8(Q8Matrix),
+}
+
+impl QWeight {
+    /// Output features.
+    pub fn n(&self) -> usize {
+        match self {
+            QWeight::Q4(m) => m.n(),
+            QWeight::Q8(m) => m.n(),
+        }
+    }
+
+    /// Input features.
+    pub fn k(&self) -> usize {
+        match self {
+            QWeight::Q4(m) => m.k(),
+            QWeight::Q8(m) => m.k(),
+        }
+    }
+
+    /// Bits per code.
+    pub fn bits(&self) -> usize {
+        match self {
+            QWeight::Q4(_) => 4,
+            QWeight::Q8(_) => 8,
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match self {
+            QWeight::Q4(m) => m.bytes(),
+            QWeight::Q8(m) => m.bytes(),
+        }
+    }
+
+    /// Adds per-block offsets (`[n * k / 32]`); `None` if the count is wrong.
+    pub fn add_offsets(&mut self, extra: &[f32]) -> Option<()> {
+        match self {
+            QWeight::Q4(m) => m.add_offsets(extra),
+            QWeight::Q8(m) => m.add_offsets(extra),
+        }
+    }
+
+    fn matmul_rows(&self, x: &QuantizedRows, rows: std::ops::Range<usize>, y: &mut [f32], y_stride: usize) {
+        match self {
+            QWeight::Q4(m) => m.matmul_rows(x, rows, y, y_stride),
+            QWeight::Q8(m) => m.matmul_rows(x, rows, y, y_stride),
+        }
+    }
+}
 
 /// Fewest weight rows per parallel task: a 576-row product still splits over eight threads, and a
 /// task (one 576-wide row is ~0.3 µs) outweighs its dispatch.
@@ -22,7 +81,7 @@ const TASKS_PER_THREAD: usize = 1;
 #[derive(Clone, Debug)]
 pub struct QLinear {
     /// The weight, shared by every plan made from this op.
-    pub weight: Arc<Q4Matrix>,
+    pub weight: Arc<QWeight>,
 }
 
 impl PartialEq for QLinear {
@@ -45,7 +104,8 @@ impl Op for QLinear {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("{}x{} 4-bit, {} bytes", self.weight.n(), self.weight.k(), self.weight.bytes())])
+        let w = &self.weight;
+        Ok(vec![format!("{}x{} {}-bit, {} bytes", w.n(), w.k(), w.bits(), w.bytes())])
     }
 
     op_as_typed_op!();

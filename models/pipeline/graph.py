@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .hparams import HParams
-from .quant import BLOCK, from_q4_1, quantize_q4, quantize_q4_1
+from .quant import BLOCK, from_q4_1, quantize_q4_1, quantize_q8
 
 OPSET = 17
 MS_DOMAIN = "com.microsoft"
@@ -76,7 +76,34 @@ def _linear(b, x, w, tag, name=None):
         packed, scales, offsets = from_q4_1(*(w if isinstance(w, tuple) else quantize_q4_1(w)))
         off = b.op("Cast", [b.const(f"{tag}.offsets", np.ascontiguousarray(offsets.T))], to=TensorProto.FLOAT)
         return _matmul_q4_1(b, x, packed, scales, off, tag, name)
+    if b.quant == "q8":
+        return _matmul_8bit(b, x, *quantize_q8(w), tag, name)
     return b.op("MatMul", [x, b.const(tag, np.ascontiguousarray(w.T))], name=name)
+
+
+def _matmul_8bit(b, x, codes, scales, tag, name=None):
+    """com.microsoft MatMulNBits, 8-bit symmetric blocks of 32: uint8 code = int8 code + 128 (the
+    default zero point), accuracy_level 4 (int8 activations)."""
+    n, k = codes.shape
+    stored = (codes.astype(np.int16) + 128).astype(np.uint8).reshape(n, k // BLOCK, BLOCK)
+    inputs = [x, b.const(f"{tag}.qweight", stored), b.const(f"{tag}.scales", scales.reshape(-1))]
+    return b.op("MatMulNBits", inputs, name=name, domain=MS_DOMAIN, K=k, N=n, bits=8, block_size=BLOCK,
+                accuracy_level=4)
+
+
+def _embedding_8bit(b, codes, scales):
+    """Token lookup in an 8-bit table with standard ops (uint8 rows, minus 128, times each block's
+    scale): only the looked-up rows are widened. Its bytes are the LM head's (`_matmul_8bit`)."""
+    vocab, k = codes.shape
+    blocks = k // BLOCK
+    table = b.const("model.embed_tokens.qweight", (codes.astype(np.int16) + 128).astype(np.uint8))
+    rows = b.op("Cast", [b.op("Gather", [table, "input_ids"], axis=0)], to=TensorProto.FLOAT)
+    centered = b.op("Sub", [rows, b.const("emb.zero", np.array(128, np.float32))])
+    blocked = b.op("Reshape", [centered, b.const("emb.blocks", np.array([0, 0, blocks, BLOCK], np.int64))])
+    row_scales = b.op("Gather", [b.const("model.embed_tokens.scales", scales), "input_ids"], axis=0)
+    row_scales = b.op("Unsqueeze", [row_scales, b.const("emb.scale_axis", np.array([-1], np.int64))])
+    scaled = b.op("Mul", [blocked, row_scales])
+    return b.op("Reshape", [scaled, b.const("emb.rows", np.array([0, 0, k], np.int64))])
 
 
 def _matmul_q4_1(b, x, packed, scales, offsets_t, tag, name=None):
@@ -145,22 +172,17 @@ def _layer(b, hp: HParams, i, x, w, cos, sin):
 def build(hp: HParams, weights, lm_head=None, quant="f32") -> onnx.ModelProto:
     """The whole decoder. `weights` provides layer(i), embedding(), output_norm().
 
-    quant "f32": plain weights. "q4": every linear layer, the embedding and the LM head as
-    4-bit blocks (`quant.py`): linear layers keep the GGUF's own Q4_1 blocks exactly (asymmetric:
-    symmetric codes + per-block offsets); the tied embedding (Q8_0 in the GGUF) is quantized here
-    to symmetric 4-bit, one table with one set of scales for both the token lookup
-    (GatherBlockQuantized) and the LM head (MatMulNBits), stored once.
+    quant "f32": plain weights. "q4": linear layers as 4-bit blocks, the GGUF's own Q4_1 blocks
+    kept exactly (asymmetric: symmetric codes + per-block offsets, `quant.py`); the tied embedding
+    and LM head as 8-bit blocks, the GGUF's own Q8_0 (a 4-bit head cost +7% perplexity on
+    models/eval/heldout.txt). "q8": every linear layer as 8-bit blocks, the embedding as in "q4".
+    The 8-bit table and its scales are stored once for both the lookup and the LM head.
     """
-    assert quant in ("f32", "q4"), quant
+    assert quant in ("f32", "q4", "q8"), quant
     b = _Builder(quant)
-    if quant == "q4":
-        # Symmetric 4-bit rows (an asymmetric fit was measured no better here: perplexity 24.78
-        # vs 24.71 on models/eval/heldout.txt), looked up without widening the table.
-        emb_packed, emb_scales = quantize_q4(weights.embedding())
-        vocab, blocks, half = emb_packed.shape
-        table = b.const("model.embed_tokens.qweight", emb_packed.reshape(vocab, blocks * half))
-        x = b.op("GatherBlockQuantized", [table, "input_ids", b.const("model.embed_tokens.scales", emb_scales)],
-                 domain=MS_DOMAIN, bits=4, block_size=BLOCK, gather_axis=0, quantize_axis=1)
+    if quant in ("q4", "q8"):
+        emb_codes, emb_scales = weights.q8("token_embd.weight")
+        x = _embedding_8bit(b, emb_codes, emb_scales)
     else:
         emb = b.const("model.embed_tokens.weight", weights.embedding())
         x = b.op("Gather", [emb, "input_ids"], axis=0)
@@ -183,8 +205,8 @@ def build(hp: HParams, weights, lm_head=None, quant="f32") -> onnx.ModelProto:
     x = _rms_norm(b, x, weights.output_norm(), hp.rms_eps, "model.norm")
     if lm_head is not None:
         _linear(b, x, lm_head, "lm_head", name="logits")
-    elif quant == "q4":
-        _matmul_nbits(b, x, emb_packed, emb_scales, "lm_head", name="logits")
+    elif quant in ("q4", "q8"):
+        _matmul_8bit(b, x, emb_codes, emb_scales, "lm_head", name="logits")
     else:
         b.op("MatMul", [x, b.op("Transpose", [emb], perm=[1, 0])], name="logits")
 

@@ -1,53 +1,13 @@
-"""Block-wise 4-bit weight quantization in the layout of ONNX `MatMulNBits` / `GatherBlockQuantized`.
+"""Block-wise weight quantization in the layouts of ONNX `MatMulNBits` (blocks of 32 along K).
 
-Format (symmetric, what tract imports as its native Q4_0 and onnxruntime runs as is): a weight
-`W [N, K]` (PyTorch (out, in) layout) is split along K into blocks of 32; each block has one
-scale `s` and 32 codes `q` in 0..15 with `w ≈ (q - 8) * s`. Codes are packed two per byte, the
-even element in the low nibble. Scales are rounded to float16 values (stored as float32), since
-tract keeps them as f16: both runtimes then compute with identical weights.
+4-bit: codes 0..15, stored as symmetric codes `(code - 8) * d` plus a per-block offset that
+carries an asymmetric block exactly (`from_q4_1`); two codes per byte, the even element in the
+low nibble. 8-bit: symmetric int8 codes times a per-block scale (`quantize_q8`), stored as
+uint8 `code + 128`. Scales are f16-exact values (as llama.cpp stores them), kept as float32.
 """
 import numpy as np
 
 BLOCK = 32
-
-# Candidate divisors for a block's scale: s = m / t with m the block's value of largest magnitude
-# (sign kept). t = -8 is llama.cpp's Q4_0 rule (m maps to code 0 exactly); the others trade
-# clipping of m for finer steps. Per block the candidate with the least squared error wins.
-_DIVISORS = np.array([-8.0, -7.5, -7.0, -6.5, -6.0, 7.0, 7.5, -8.5, -9.0], np.float32)
-
-
-def _quantize_blocks(blocks: np.ndarray):
-    """blocks [B, 32] f32 -> (codes [B, 32] uint8, scales [B] f32, f16-exact)."""
-    idx = np.argmax(np.abs(blocks), axis=1)
-    m = blocks[np.arange(len(blocks)), idx]
-    best_err = np.full(len(blocks), np.inf, np.float32)
-    best_codes = np.zeros(blocks.shape, np.uint8)
-    best_scale = np.zeros(len(blocks), np.float32)
-    for t in _DIVISORS:
-        s = (m / t).astype(np.float16).astype(np.float32)
-        inv = np.divide(1.0, s, out=np.zeros_like(s), where=s != 0)
-        q = np.clip(np.rint(blocks * inv[:, None]) + 8, 0, 15)
-        err = np.sum((blocks - (q - 8) * s[:, None]) ** 2, axis=1)
-        better = err < best_err
-        best_err[better] = err[better]
-        best_codes[better] = q[better].astype(np.uint8)
-        best_scale[better] = s[better]
-    return best_codes, best_scale
-
-
-def quantize_q4(w: np.ndarray, rows_per_chunk: int = 4096):
-    """W [N, K] f32 (K a multiple of 32) -> (packed uint8 [N, K/32, 16], scales f32 [N, K/32])."""
-    n, k = w.shape
-    assert k % BLOCK == 0, f"K={k} is not a multiple of {BLOCK}"
-    packed = np.empty((n, k // BLOCK, BLOCK // 2), np.uint8)
-    scales = np.empty((n, k // BLOCK), np.float32)
-    for r in range(0, n, rows_per_chunk):
-        rows = np.asarray(w[r:r + rows_per_chunk], np.float32)
-        codes, s = _quantize_blocks(rows.reshape(-1, BLOCK))
-        codes = codes.reshape(len(rows), k // BLOCK, BLOCK)
-        packed[r:r + len(rows)] = codes[:, :, 0::2] | (codes[:, :, 1::2] << 4)
-        scales[r:r + len(rows)] = s.reshape(len(rows), k // BLOCK)
-    return packed, scales
 
 
 def quantize_q4_1(w: np.ndarray, rows_per_chunk: int = 4096):
@@ -93,3 +53,15 @@ def from_q4_1(codes: np.ndarray, d: np.ndarray, m: np.ndarray):
     c = codes.reshape(n, k // BLOCK, BLOCK)
     packed = (c[:, :, 0::2] | (c[:, :, 1::2] << 4)).astype(np.uint8)
     return packed, d.astype(np.float32), (m + 8 * d).astype(np.float16)
+
+
+def quantize_q8(w: np.ndarray):
+    """W [N, K] f32 -> (codes int8 [N, K], scales f32 [N, K/32]) with weight ≈ code * d, per block
+    d = max|w| / 127 (f16-exact, as llama.cpp's Q8_0)."""
+    n, k = w.shape
+    assert k % BLOCK == 0, f"K={k} is not a multiple of {BLOCK}"
+    blocks = np.asarray(w, np.float32).reshape(n, k // BLOCK, BLOCK)
+    d = (np.abs(blocks).max(axis=2) / 127).astype(np.float16).astype(np.float32)
+    inv = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0)
+    codes = np.clip(np.rint(blocks * inv[:, :, None]), -127, 127).astype(np.int8)
+    return codes.reshape(n, k), d

@@ -2,6 +2,8 @@
 import numpy as np
 import gguf
 
+from .quant import quantize_q8
+
 from .hparams import HParams
 
 
@@ -40,6 +42,18 @@ class GgufWeights:
         # llama.cpp packs element j in the low nibble of byte j and element j + 16 in its high one.
         codes = np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(rows, -1)
         return codes, d, m
+
+    def q8(self, name: str):
+        """An 8-bit view of a tensor: (codes int8 [N, K], scales f32 [N, K/32]), weight = code * d.
+        Q8_0 tensors (the embedding here) are returned exactly as stored; others are quantized."""
+        t = self._tensors[name]
+        if t.tensor_type != gguf.GGMLQuantizationType.Q8_0:
+            return quantize_q8(self.raw(name))
+        rows = t.data.shape[0]
+        blocks = t.data.reshape(rows, -1, 34)  # per block: d f16, 32 int8 codes
+        d = blocks[:, :, 0:2].copy().view(np.float16)[:, :, 0].astype(np.float32)
+        codes = blocks[:, :, 2:].copy().view(np.int8).reshape(rows, -1)
+        return codes, d
 
     def layer_q4_1(self, i: int) -> dict:
         """The linear weights of layer `i` as exact Q4_1 blocks (`q4_1`), Q/K permutation undone."""

@@ -1,0 +1,221 @@
+//! 8-bit block weights (`w = q · d`, `q` in -128..=127, blocks of 32 along `k`, plus optional
+//! block offsets like [`crate::q4::Q4Matrix`]) and their int8-activation dot products: the LM head
+//! and embedding precision of llama.cpp's GGUF files (Q8_0), and the 8-bit model variant.
+
+use crate::q4::{QuantizedRows, XRow, BLOCK};
+
+/// A `[n, k]` 8-bit weight matrix (`k` a multiple of [`BLOCK`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Q8Matrix {
+    n: usize,
+    k: usize,
+    /// `[n][k]` signed codes.
+    codes: Vec<i8>,
+    /// `[n][k / 32]` block scales.
+    scales: Vec<f32>,
+    /// `[n][k / 32]` block offsets, when the weight is asymmetric.
+    offsets: Option<Vec<f32>>,
+}
+
+impl Q8Matrix {
+    /// From signed codes `[n * k]`, scales and optional offsets (`[n * k / 32]`); `None` if the
+    /// sizes disagree.
+    pub fn new(n: usize, k: usize, codes: Vec<i8>, scales: Vec<f32>, offsets: Option<Vec<f32>>) -> Option<Self> {
+        let blocks = n * k / BLOCK;
+        let sizes_ok = k.is_multiple_of(BLOCK) && codes.len() == n * k && scales.len() == blocks;
+        (sizes_ok && offsets.as_ref().is_none_or(|o| o.len() == blocks)).then_some(Q8Matrix {
+            n,
+            k,
+            codes,
+            scales,
+            offsets,
+        })
+    }
+
+    /// Output features (rows).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Input features (columns).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.codes.len() + 4 * (self.scales.len() + self.offsets.as_ref().map_or(0, Vec::len))
+    }
+
+    /// Adds `extra` (`[n * k / 32]`) to the block offsets.
+    pub fn add_offsets(&mut self, extra: &[f32]) -> Option<()> {
+        if extra.len() != self.scales.len() {
+            return None;
+        }
+        match &mut self.offsets {
+            Some(o) => o.iter_mut().zip(extra).for_each(|(o, e)| *o += e),
+            None => self.offsets = Some(extra.to_vec()),
+        }
+        Some(())
+    }
+
+    /// As [`crate::q4::Q4Matrix::matmul_rows`].
+    pub fn matmul_rows(&self, x: &QuantizedRows, rows: std::ops::Range<usize>, y: &mut [f32], y_stride: usize) {
+        let nb = self.k / BLOCK;
+        let kernel = dot_kernel();
+        for (jj, j) in rows.enumerate() {
+            let w = WRow8 {
+                codes: &self.codes[j * self.k..][..self.k],
+                scales: &self.scales[j * nb..][..nb],
+                offsets: self.offsets.as_ref().map_or(&[][..], |o| &o[j * nb..][..nb]),
+            };
+            for r in 0..x.rows() {
+                // SAFETY: `dot_kernel` returns only kernels whose CPU features are present.
+                y[r * y_stride + jj] = unsafe { kernel(&w, &x.row(r)) };
+            }
+        }
+    }
+}
+
+/// One 8-bit weight row.
+struct WRow8<'a> {
+    codes: &'a [i8],
+    scales: &'a [f32],
+    offsets: &'a [f32],
+}
+
+type DotKernel = unsafe fn(&WRow8, &XRow) -> f32;
+
+/// Name of the 8-bit kernel this CPU runs.
+pub fn kernel_name() -> &'static str {
+    let kernel = dot_kernel() as usize;
+    #[cfg(target_arch = "x86_64")]
+    if kernel == dot_avx2 as DotKernel as usize {
+        return "x86_64 AVX2+FMA";
+    }
+    #[cfg(target_arch = "aarch64")]
+    if kernel == dot_neon as DotKernel as usize {
+        return "aarch64 NEON";
+    }
+    let _ = kernel;
+    "scalar"
+}
+
+fn dot_kernel() -> DotKernel {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        return dot_avx2;
+    }
+    #[cfg(target_arch = "aarch64")]
+    return dot_neon;
+    #[allow(unreachable_code)]
+    dot_scalar
+}
+
+fn offsets_dot(w: &WRow8, x: &XRow) -> f32 {
+    w.offsets.iter().zip(x.sums).map(|(o, s)| o * s).sum()
+}
+
+fn dot_scalar(w: &WRow8, x: &XRow) -> f32 {
+    let mut acc = 0f32;
+    for (b, (codes, q)) in w.codes.chunks_exact(BLOCK).zip(x.q.chunks_exact(BLOCK)).enumerate() {
+        let i: i32 = codes.iter().zip(q).map(|(&c, &q)| c as i32 * q as i32).sum();
+        acc += i as f32 * (w.scales[b] * x.scales[b]);
+    }
+    acc + offsets_dot(w, x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(w: &WRow8, x: &XRow) -> f32 {
+    use std::arch::x86_64::*;
+    let nb = w.scales.len();
+    debug_assert!(w.codes.len() >= nb * BLOCK && x.q.len() >= nb * BLOCK && x.scales.len() >= nb);
+    let ones = _mm256_set1_epi16(1);
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for b in 0..nb {
+        let c = _mm256_loadu_si256(w.codes.as_ptr().add(b * BLOCK) as *const __m256i);
+        let q = _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i);
+        // |c| as unsigned times q with c's sign: |c| <= 128, |q| <= 127, pairs fit i16.
+        let products = _mm256_maddubs_epi16(_mm256_sign_epi8(c, c), _mm256_sign_epi8(q, c));
+        let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(products, ones));
+        let scale = _mm256_set1_ps(*w.scales.get_unchecked(b) * *x.scales.get_unchecked(b));
+        if b % 2 == 0 {
+            acc0 = _mm256_fmadd_ps(sums, scale, acc0);
+        } else {
+            acc1 = _mm256_fmadd_ps(sums, scale, acc1);
+        }
+    }
+    let acc = _mm256_add_ps(acc0, acc1);
+    let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1))) + offsets_dot(w, x)
+}
+
+#[cfg(target_arch = "aarch64")]
+unsafe fn dot_neon(w: &WRow8, x: &XRow) -> f32 {
+    use std::arch::aarch64::*;
+    let nb = w.scales.len();
+    debug_assert!(w.codes.len() >= nb * BLOCK && x.q.len() >= nb * BLOCK && x.scales.len() >= nb);
+    let mut acc = vdupq_n_f32(0.0);
+    for b in 0..nb {
+        let mut sums = vdupq_n_s32(0);
+        for half in 0..2 {
+            let c = vld1q_s8(w.codes.as_ptr().add(b * BLOCK + 16 * half));
+            let q = vld1q_s8(x.q.as_ptr().add(b * BLOCK + 16 * half));
+            // |c · q| <= 16256 fits i16; pairs are widened before adding.
+            sums = vpadalq_s16(sums, vmull_s8(vget_low_s8(c), vget_low_s8(q)));
+            sums = vpadalq_s16(sums, vmull_high_s8(c, q));
+        }
+        let scale = *w.scales.get_unchecked(b) * *x.scales.get_unchecked(b);
+        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(sums), scale);
+    }
+    vaddvq_f32(acc) + offsets_dot(w, x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matmul_matches_the_integer_reference_and_kernels_agree() {
+        let (n, k) = (6, 96);
+        let mut seed = 5u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed >> 33
+        };
+        let codes: Vec<i8> = (0..n * k).map(|_| (next() % 256) as u8 as i8).collect();
+        let scales: Vec<f32> = (0..n * k / BLOCK).map(|_| (next() % 1000) as f32 * 1e-4).collect();
+        let offsets: Vec<f32> = (0..n * k / BLOCK).map(|_| (next() % 100) as f32 * 1e-3 - 0.05).collect();
+        let x: Vec<f32> = (0..2 * k).map(|_| (next() % 2001) as f32 / 1000.0 - 1.0).collect();
+        let m = Q8Matrix::new(n, k, codes.clone(), scales.clone(), Some(offsets.clone())).unwrap();
+        let qx = QuantizedRows::quantize(&x, k);
+        let mut y = vec![0f32; 2 * n];
+        m.matmul_rows(&qx, 0..n, &mut y, n);
+        for r in 0..2 {
+            let xr = qx.row(r);
+            for j in 0..n {
+                let mut want = 0f64;
+                for i in 0..k {
+                    let b = i / BLOCK;
+                    want += codes[j * k + i] as f64
+                        * scales[j * k / BLOCK + b] as f64
+                        * xr.q[i] as f64
+                        * xr.scales[b] as f64;
+                }
+                want += (0..k / BLOCK).map(|b| offsets[j * k / BLOCK + b] as f64 * xr.sums[b] as f64).sum::<f64>();
+                let got = y[r * n + j] as f64;
+                assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "row {r} col {j}: {got} vs {want}");
+                let w = WRow8 {
+                    codes: &codes[j * k..][..k],
+                    scales: &scales[j * 3..][..3],
+                    offsets: &offsets[j * 3..][..3],
+                };
+                assert!((dot_scalar(&w, &xr) as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()));
+            }
+        }
+        eprintln!("8-bit kernel: {}", kernel_name());
+        assert!(Q8Matrix::new(2, 48, vec![0; 96], vec![1.0; 3], None).is_none());
+    }
+}
