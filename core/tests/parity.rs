@@ -149,6 +149,11 @@ fn greedy_matches_onnxruntime_on_tiny_model() {
 }
 
 #[test]
+fn greedy_follows_onnxruntime_on_tiny_q4_model() {
+    check_near_parity(&common::tiny_dir().with_file_name("tiny-q4"), 24);
+}
+
+#[test]
 #[ignore = "needs the converted default model: run through tests/run.sh (sets POCKETLM_DEFAULT_MODEL)"]
 fn greedy_follows_onnxruntime_on_default_model() {
     let dir =
