@@ -48,12 +48,16 @@ impl DecoderGraph {
     /// `threads` threads.
     pub fn load(path: &Path, config: &ModelConfig, threads: usize, all_logits: bool) -> Result<Self> {
         let graph_err = |what: &str, e: TractError| Error::Graph(format!("{what}: {e:#}"));
+        let started = std::time::Instant::now();
+        let lap = |what: &str| log::debug!("load: {what} at {:.0} ms", started.elapsed().as_secs_f64() * 1e3);
         let mut onnx = tract_onnx::onnx();
         crate::nbits::register(&mut onnx);
         let inference =
             onnx.model_for_path(path).map_err(|e| graph_err(&format!("cannot parse {} as ONNX", path.display()), e))?;
         check_interface(&inference, config)?;
+        lap("parsed ONNX");
         let mut typed = inference.into_typed().map_err(|e| graph_err("type analysis failed", e))?;
+        lap("typed");
         if !all_logits {
             last_position_logits(&mut typed, &config.io.logits).map_err(|e| graph_err("slicing logits", e))?;
         }
@@ -66,7 +70,9 @@ impl DecoderGraph {
         // graph: no gain over the plain optimiser, and its cache still concatenates every step.
         // The fused ops above own the cache instead and append in place.
         let weight_bytes = weight_bytes_per_step(&typed);
+        lap("rewritten");
         let mut optimized = typed.into_optimized().map_err(|e| graph_err("optimisation failed", e))?;
+        lap("optimised");
         untie_shared_constants(&mut optimized).map_err(|e| graph_err("packing shared weights", e))?;
         let slots = find_slots(&optimized, config)?;
         let executor = if threads > 1 {
@@ -84,6 +90,7 @@ impl DecoderGraph {
         };
         let options = RunOptions { executor: Some(executor.clone()), ..Default::default() };
         let plan = optimized.into_runnable_with_options(&options).map_err(|e| graph_err("cannot plan the model", e))?;
+        lap("planned");
         let vocab_size = config.hparams.vocab_size;
         log::info!(
             "decoder graph ready: {} layers, vocab {vocab_size}, {threads} thread(s), 4-bit kernel {}",

@@ -45,7 +45,10 @@ pub struct Model {
 
 impl Model {
     /// Loads the model directory `dir` (config.json, model.onnx, tokenizer.json), verifying
-    /// every file's sha256 against config.json first.
+    /// every file's sha256 against config.json. The checksums and the tokenizer are computed on
+    /// a second thread while the graph is parsed and optimised (parsing is memory-safe on any
+    /// bytes); nothing is returned unless every checksum matches, and a mismatch is reported as
+    /// [`Error::Checksum`] even if the damaged file also failed to parse.
     pub fn load(dir: impl AsRef<Path>, options: &ModelOptions) -> Result<Arc<Model>> {
         let started = Instant::now();
         let dir = dir.as_ref();
@@ -53,13 +56,21 @@ impl Model {
             return Err(Error::param("threads", format!("{} is not in 1..=256", options.threads)));
         }
         let config = ModelConfig::load(dir)?;
-        for (name, entry) in &config.files {
-            integrity::verify(&dir.join(name), entry)?;
-        }
-        log::info!("verified {} files in {:.0} ms", config.files.len(), started.elapsed().as_secs_f64() * 1e3);
-        let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"), config.hparams.vocab_size)?;
+        let (checked, graph) = std::thread::scope(|scope| {
+            let checks = scope.spawn(|| -> Result<Tokenizer> {
+                for (name, entry) in &config.files {
+                    integrity::verify(&dir.join(name), entry)?;
+                }
+                log::info!("verified {} files in {:.0} ms", config.files.len(), started.elapsed().as_secs_f64() * 1e3);
+                Tokenizer::load(&dir.join("tokenizer.json"), config.hparams.vocab_size)
+            });
+            let graph = DecoderGraph::load(&dir.join("model.onnx"), &config, options.threads, options.all_logits);
+            let checked = checks.join().unwrap_or_else(|_| Err(Error::Inference("file verification panicked".into())));
+            (checked, graph)
+        });
+        let tokenizer = checked?;
+        let graph = graph?;
         let template = ChatTemplate::new(&config.chat_template)?;
-        let graph = DecoderGraph::load(&dir.join("model.onnx"), &config, options.threads, options.all_logits)?;
         let load_time_ms = started.elapsed().as_secs_f64() * 1e3;
         log::info!("loaded {} from {} in {load_time_ms:.0} ms", config.model_id, dir.display());
         Ok(Arc::new(Model {

@@ -118,12 +118,7 @@ impl Expansion for MatMulNBits {
             }
         };
         let weight = if self.bits == 4 {
-            let mut codes = vec![0u8; n * k];
-            for (pair, out) in b.iter().zip(codes.chunks_exact_mut(2)) {
-                out[0] = pair & 0x0F;
-                out[1] = pair >> 4;
-            }
-            Q4Matrix::new(n, k, &codes, scales, offsets).map(QWeight::Q4)
+            Q4Matrix::from_nbits(n, k, b, scales, offsets).map(QWeight::Q4)
         } else {
             let codes = b.iter().map(|&c| (c as i16 - 128) as i8).collect();
             Q8Matrix::new(n, k, codes, scales, offsets).map(QWeight::Q8)

@@ -24,8 +24,31 @@ pub struct Q4Matrix {
 }
 
 impl Q4Matrix {
+    /// From ONNX `MatMulNBits` 4-bit data (`[n][k / 32][16]` bytes, element `2i` in the low
+    /// nibble of byte `i`), scales and optional offsets (both `[n * k / 32]`), repacked block by
+    /// block. Returns `None` if the sizes disagree.
+    pub fn from_nbits(n: usize, k: usize, b: &[u8], scales: Vec<f32>, offsets: Option<Vec<f32>>) -> Option<Self> {
+        let blocks = n * k / BLOCK;
+        if !k.is_multiple_of(BLOCK) || b.len() != blocks * BLOCK / 2 || scales.len() != blocks {
+            return None;
+        }
+        if offsets.as_ref().is_some_and(|o| o.len() != blocks) {
+            return None;
+        }
+        let mut codes = vec![0u8; b.len()];
+        for (src, out) in b.chunks_exact(BLOCK / 2).zip(codes.chunks_exact_mut(BLOCK / 2)) {
+            for (j, out) in out.iter_mut().enumerate() {
+                let shift = 4 * (j % 2);
+                let (lo, hi) = ((src[j / 2] >> shift) & 0x0F, (src[8 + j / 2] >> shift) & 0x0F);
+                *out = lo | (hi << 4);
+            }
+        }
+        Some(Q4Matrix { n, k, codes, scales, offsets })
+    }
+
     /// From codes in natural order (`codes[row * k + i]`, each 0..=15), scales and optional
     /// offsets (both `[n * k / 32]`). Returns `None` if the sizes disagree.
+    #[cfg(test)]
     pub fn new(n: usize, k: usize, codes: &[u8], scales: Vec<f32>, offsets: Option<Vec<f32>>) -> Option<Self> {
         let blocks = n * k / BLOCK;
         if !k.is_multiple_of(BLOCK) || codes.len() != n * k || scales.len() != blocks {
@@ -556,6 +579,18 @@ mod tests {
         } else {
             assert_eq!(name, "aarch64 NEON");
         }
+    }
+
+    #[test]
+    fn onnx_nibble_order_is_repacked_exactly() {
+        let mut seed = 4;
+        let codes: Vec<u8> = (0..3 * 64).map(|_| (lcg(&mut seed) % 16) as u8).collect();
+        let onnx: Vec<u8> = codes.chunks_exact(2).map(|p| p[0] | (p[1] << 4)).collect();
+        let scales = vec![0.5; 6];
+        let a = Q4Matrix::new(3, 64, &codes, scales.clone(), None).unwrap();
+        let b = Q4Matrix::from_nbits(3, 64, &onnx, scales.clone(), None).unwrap();
+        assert_eq!(a, b);
+        assert!(Q4Matrix::from_nbits(3, 64, &onnx[1..], scales, None).is_none());
     }
 
     #[test]
