@@ -15,8 +15,8 @@ pub struct ModelArgs {
     /// manifest's default).
     #[arg(long, conflicts_with = "model")]
     pub weights: Option<String>,
-    /// Threads per inference step.
-    #[arg(long, default_value_t = 1)]
+    /// Threads per inference step (default: this machine's cores, at most 4).
+    #[arg(long, default_value_t = pocketlm::ModelOptions::default().threads)]
     pub threads: usize,
     /// Tokens of context for the session (0 = the model's full context).
     #[arg(long, default_value_t = 0)]
