@@ -5,12 +5,12 @@ one JSON line). Needs a Python with `llama-cpp-python` (built from source by pip
     python bench/llama_peer.py --gguf FILE --threads N --prompt-ids 1,2,3 --gen-tokens 128
 """
 import argparse
-import json
-import resource
 import time
 
 import numpy as np
 from llama_cpp import Llama
+
+from peer import time_greedy
 
 
 def last_argmax(llm):
@@ -35,26 +35,16 @@ def main():
     load_ms = (time.perf_counter() - t) * 1e3
     llm.eval(prompt[:8])  # warm-up, as pocketlm bench does
     llm.reset()
-    t = time.perf_counter()
-    llm.eval(prompt)
-    token = last_argmax(llm)
-    prefill_ms = (time.perf_counter() - t) * 1e3
-    generated = [token]
-    t = time.perf_counter()
-    for _ in range(args.gen_tokens - 1):
+
+    def prefill(ids):
+        llm.eval(ids)
+        return last_argmax(llm)
+
+    def step(token, _pos):
         llm.eval([token])
-        token = last_argmax(llm)
-        generated.append(token)
-    decode_ms = (time.perf_counter() - t) * 1e3
-    steps = args.gen_tokens - 1
-    print(json.dumps({
-        "runtime": "llama.cpp", "threads": args.threads, "load_ms": load_ms,
-        "prompt_tokens": len(prompt), "prefill_ms": prefill_ms, "prefill_tok_s": len(prompt) * 1e3 / prefill_ms,
-        "ttft_ms": prefill_ms, "decode_tokens": steps, "decode_ms": decode_ms,
-        "decode_tok_s": steps * 1e3 / decode_ms,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "generated_token_ids": generated,
-    }))
+        return last_argmax(llm)
+
+    time_greedy("llama.cpp", args.threads, load_ms, prompt, args.gen_tokens, prefill, step)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 
@@ -15,6 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 import oracle  # noqa: E402
+from peer import time_greedy  # noqa: E402
 
 
 def main():
@@ -31,27 +31,17 @@ def main():
     sess = oracle.session(args.model, args.threads)
     load_ms = (time.perf_counter() - t) * 1e3
     oracle.step(sess, prompt[:8], 0, oracle.empty_cache(config))  # warm-up, as pocketlm bench does
-    t = time.perf_counter()
-    logits, cache = oracle.step(sess, prompt, 0, oracle.empty_cache(config))
-    token = int(np.argmax(logits))
-    prefill_ms = (time.perf_counter() - t) * 1e3
-    pos, generated = len(prompt), [token]
-    t = time.perf_counter()
-    for _ in range(args.gen_tokens - 1):
-        logits, cache = oracle.step(sess, [token], pos, cache)
-        pos += 1
-        token = int(np.argmax(logits))
-        generated.append(token)
-    decode_ms = (time.perf_counter() - t) * 1e3
-    steps = args.gen_tokens - 1
-    print(json.dumps({
-        "runtime": "onnxruntime", "threads": args.threads, "load_ms": load_ms,
-        "prompt_tokens": len(prompt), "prefill_ms": prefill_ms, "prefill_tok_s": len(prompt) * 1e3 / prefill_ms,
-        "ttft_ms": prefill_ms, "decode_tokens": steps, "decode_ms": decode_ms,
-        "decode_tok_s": steps * 1e3 / decode_ms,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "generated_token_ids": generated,
-    }))
+    state = {}
+
+    def prefill(ids):
+        logits, state["cache"] = oracle.step(sess, ids, 0, oracle.empty_cache(config))
+        return int(np.argmax(logits))
+
+    def step(token, pos):
+        logits, state["cache"] = oracle.step(sess, [token], pos, state["cache"])
+        return int(np.argmax(logits))
+
+    time_greedy("onnxruntime", args.threads, load_ms, prompt, args.gen_tokens, prefill, step)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ mod nbits;
 mod perplexity;
 mod q4;
 mod q8;
+mod qblock;
 mod qlinear;
 mod rewrite;
 mod rope;

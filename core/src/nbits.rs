@@ -18,8 +18,9 @@ use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::ops::logic::wire_with_rank_broadcast;
 use tract_onnx::Onnx;
 
-use crate::q4::{Q4Matrix, BLOCK};
+use crate::q4::Q4Matrix;
 use crate::q8::Q8Matrix;
+use crate::qblock::{Blocks, BLOCK};
 use crate::qlinear::{QLinear, QWeight};
 
 /// Makes `onnx` import `MatMulNBits` with this module.
@@ -117,11 +118,12 @@ impl Expansion for MatMulNBits {
                 Some(zeros.iter().zip(&scales).map(|(z, s)| (mid - z) * s).collect())
             }
         };
+        let blocks = Blocks::new(n, k, scales, offsets).context("MatMulNBits: inconsistent sizes")?;
         let weight = if self.bits == 4 {
-            Q4Matrix::from_nbits(n, k, b, scales, offsets).map(QWeight::Q4)
+            Q4Matrix::from_nbits(b, blocks).map(QWeight::Q4)
         } else {
             let codes = b.iter().map(|&c| (c as i16 - 128) as i8).collect();
-            Q8Matrix::new(n, k, codes, scales, offsets).map(QWeight::Q8)
+            Q8Matrix::new(codes, blocks).map(QWeight::Q8)
         };
         let weight = weight.context("MatMulNBits: inconsistent sizes")?;
         let mut y = model.wire_node(prefix, QLinear { weight: Arc::new(weight) }, &[inputs[0]])?[0];
@@ -170,6 +172,33 @@ mod tests {
         out[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect()
     }
 
+    /// `y [rows, n]` is `x · Wᵀ` for `w = (code - zero) · scale` (codes `[n, k]` in natural
+    /// order, zeros and scales per block), within int8-activation error: 1% of `Σ|w·x|`.
+    fn assert_dequantized_product(
+        y: &[f32],
+        codes: &[u8],
+        zeros: &[f32],
+        scales: &[f32],
+        x: &[f32],
+        n: usize,
+        k: usize,
+    ) {
+        let blocks = k / BLOCK;
+        for r in 0..x.len() / k {
+            for j in 0..n {
+                let (mut want, mut magnitude) = (0f64, 0f64);
+                for i in 0..k {
+                    let blk = j * blocks + i / BLOCK;
+                    let w = (codes[j * k + i] as f64 - zeros[blk] as f64) * scales[blk] as f64;
+                    want += w * x[r * k + i] as f64;
+                    magnitude += (w * x[r * k + i] as f64).abs();
+                }
+                let got = y[r * n + j] as f64;
+                assert!((got - want).abs() <= 0.01 * magnitude, "row {r} col {j}: {got} vs {want}");
+            }
+        }
+    }
+
     #[test]
     fn symmetric_packed_and_float_zero_points_import_exactly() {
         let (n, k, rows) = (40, 96, 3);
@@ -193,20 +222,7 @@ mod tests {
         ];
         for (zeros, zero_values) in &cases {
             let y = run(4, n, k, b.clone(), scales.clone(), zeros, &x);
-            for r in 0..rows {
-                for j in 0..n {
-                    let (mut want, mut magnitude) = (0f64, 0f64);
-                    for i in 0..k {
-                        let blk = j * blocks + i / BLOCK;
-                        let w = (codes[j * k + i] as f64 - zero_values[blk] as f64) * scales[blk] as f64;
-                        want += w * x[r * k + i] as f64;
-                        magnitude += (w * x[r * k + i] as f64).abs();
-                    }
-                    // Activations are int8 per block: error well under 1% of Σ|w·x|.
-                    let got = y[r * n + j] as f64;
-                    assert!((got - want).abs() <= 0.01 * magnitude, "row {r} col {j}: {got} vs {want}");
-                }
-            }
+            assert_dequantized_product(&y, &codes, zero_values, &scales, &x, n, k);
         }
     }
 
@@ -225,19 +241,7 @@ mod tests {
         ];
         for (zero_input, zero_values) in &cases {
             let y = run(8, n, k, codes.clone(), scales.clone(), zero_input, &x);
-            for r in 0..rows {
-                for j in 0..n {
-                    let (mut want, mut magnitude) = (0f64, 0f64);
-                    for i in 0..k {
-                        let blk = j * blocks + i / BLOCK;
-                        let w = (codes[j * k + i] as f64 - zero_values[blk] as f64) * scales[blk] as f64;
-                        want += w * x[r * k + i] as f64;
-                        magnitude += (w * x[r * k + i] as f64).abs();
-                    }
-                    let got = y[r * n + j] as f64;
-                    assert!((got - want).abs() <= 0.01 * magnitude, "row {r} col {j}: {got} vs {want}");
-                }
-            }
+            assert_dequantized_product(&y, &codes, zero_values, &scales, &x, n, k);
         }
     }
 }

@@ -1,38 +1,27 @@
 //! 4-bit block weights and the int8-activation dot products that read them.
 //!
 //! A weight row of `k` values is stored as `k / 32` blocks of 32 four-bit codes, each block with a
-//! scale `d` and, optionally, an offset `o`: `w = (code - 8) * d + o`. An activation row is
-//! quantized per block of 32 to int8 exactly as onnxruntime's MLAS does for `MatMulNBits` with
-//! `accuracy_level = 4` (`scale = amax / 127`, `q = round_half_even(x * (127 / amax))`), so
-//! `y = Σ_b d_b · sx_b · Σ_i (code_i - 8) · q_i + o_b · Σ_i x_i` has the same integer products
-//! onnxruntime computes. Each block's integer dot product is exact; only the float sums round.
+//! scale `d` and, optionally, an offset `o` ([`Blocks`]): `w = (code - 8) * d + o`. Against an
+//! activation row quantized per block ([`QuantizedRows`]),
+//! `y = Σ_b d_b · sx_b · Σ_i (code_i - 8) · q_i + o_b · Σ_i x_i`: each block's integer dot
+//! product is exact, only the float sums round.
 
-/// Values per block.
-pub const BLOCK: usize = 32;
+use crate::qblock::{Blocks, QuantizedRows, XRow, BLOCK};
 
 /// A `[n, k]` 4-bit weight matrix (`k` a multiple of [`BLOCK`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Q4Matrix {
-    n: usize,
-    k: usize,
     /// `[n][k / 32][16]`: byte `j` of a block holds code `j` (low nibble) and code `j + 16`.
     codes: Vec<u8>,
-    /// `[n][k / 32]` block scales.
-    scales: Vec<f32>,
-    /// `[n][k / 32]` block offsets, when the weight is asymmetric.
-    offsets: Option<Vec<f32>>,
+    blocks: Blocks,
 }
 
 impl Q4Matrix {
     /// From ONNX `MatMulNBits` 4-bit data (`[n][k / 32][16]` bytes, element `2i` in the low
-    /// nibble of byte `i`), scales and optional offsets (both `[n * k / 32]`), repacked block by
-    /// block. Returns `None` if the sizes disagree.
-    pub fn from_nbits(n: usize, k: usize, b: &[u8], scales: Vec<f32>, offsets: Option<Vec<f32>>) -> Option<Self> {
-        let blocks = n * k / BLOCK;
-        if !k.is_multiple_of(BLOCK) || b.len() != blocks * BLOCK / 2 || scales.len() != blocks {
-            return None;
-        }
-        if offsets.as_ref().is_some_and(|o| o.len() != blocks) {
+    /// nibble of byte `i`) and its block parameters, repacked block by block. Returns `None` if
+    /// the sizes disagree.
+    pub fn from_nbits(b: &[u8], blocks: Blocks) -> Option<Self> {
+        if b.len() != blocks.n() * blocks.k() / 2 {
             return None;
         }
         let mut codes = vec![0u8; b.len()];
@@ -43,69 +32,54 @@ impl Q4Matrix {
                 *out = lo | (hi << 4);
             }
         }
-        Some(Q4Matrix { n, k, codes, scales, offsets })
+        Some(Q4Matrix { codes, blocks })
     }
 
-    /// From codes in natural order (`codes[row * k + i]`, each 0..=15), scales and optional
-    /// offsets (both `[n * k / 32]`). Returns `None` if the sizes disagree.
+    /// From codes in natural order (`codes[row * k + i]`, each 0..=15) and block parameters.
+    /// Returns `None` if the sizes disagree.
     #[cfg(test)]
-    pub fn new(n: usize, k: usize, codes: &[u8], scales: Vec<f32>, offsets: Option<Vec<f32>>) -> Option<Self> {
-        let blocks = n * k / BLOCK;
-        if !k.is_multiple_of(BLOCK) || codes.len() != n * k || scales.len() != blocks {
+    pub fn new(codes: &[u8], blocks: Blocks) -> Option<Self> {
+        if codes.len() != blocks.n() * blocks.k() {
             return None;
         }
-        if offsets.as_ref().is_some_and(|o| o.len() != blocks) {
-            return None;
-        }
-        let mut packed = vec![0u8; blocks * BLOCK / 2];
+        let mut packed = vec![0u8; codes.len() / 2];
         for (block, out) in codes.chunks_exact(BLOCK).zip(packed.chunks_exact_mut(BLOCK / 2)) {
             for j in 0..BLOCK / 2 {
                 out[j] = (block[j] & 0x0F) | (block[j + BLOCK / 2] << 4);
             }
         }
-        Some(Q4Matrix { n, k, codes: packed, scales, offsets })
+        Some(Q4Matrix { codes: packed, blocks })
     }
 
-    /// Output features (rows).
-    pub fn n(&self) -> usize {
-        self.n
+    /// Shape, scales and offsets.
+    pub fn blocks(&self) -> &Blocks {
+        &self.blocks
     }
 
-    /// Input features (columns).
-    pub fn k(&self) -> usize {
-        self.k
+    /// Shape, scales and offsets, to add offsets to.
+    pub fn blocks_mut(&mut self) -> &mut Blocks {
+        &mut self.blocks
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.codes.len() + 4 * (self.scales.len() + self.offsets.as_ref().map_or(0, Vec::len))
-    }
-
-    /// Adds `extra` (`[n * k / 32]`) to the block offsets.
-    pub fn add_offsets(&mut self, extra: &[f32]) -> Option<()> {
-        if extra.len() != self.scales.len() {
-            return None;
-        }
-        match &mut self.offsets {
-            Some(o) => o.iter_mut().zip(extra).for_each(|(o, e)| *o += e),
-            None => self.offsets = Some(extra.to_vec()),
-        }
-        Some(())
+        self.codes.len() + self.blocks.bytes()
     }
 
     /// `y[r][j] = Σ_i w[j][i] x_r[i]` for rows `j` in `rows` of the matrix and every quantized
     /// activation row `r` of `x`; `y` is `[x.rows()][rows.len()]`, row-major, stride `y_stride`.
     pub fn matmul_rows(&self, x: &QuantizedRows, rows: std::ops::Range<usize>, y: &mut [f32], y_stride: usize) {
-        let nb = self.k / BLOCK;
+        let row_bytes = self.blocks.k() / 2;
         let row = |r: usize| x.row(r);
-        let weight_row = |j: usize| WRow {
-            codes: &self.codes[j * nb * BLOCK / 2..][..nb * BLOCK / 2],
-            scales: &self.scales[j * nb..][..nb],
-            offsets: self.offsets.as_ref().map_or(&[][..], |o| &o[j * nb..][..nb]),
+        let weight_row = |j: usize| {
+            let (scales, offsets) = self.blocks.row(j);
+            WRow { codes: &self.codes[j * row_bytes..][..row_bytes], scales, offsets }
         };
-        if x.rows == 1 {
-            // Decode: one activation row, the kernel chosen once for all weight rows.
-            let (kernel, x) = (dot_kernel(), row(0));
+        // The kernel is chosen once for all weight rows.
+        let kernel = dot_kernel();
+        if x.rows() == 1 {
+            // Decode: one activation row.
+            let x = row(0);
             for (out, j) in y.iter_mut().zip(rows) {
                 // SAFETY: `dot_kernel` returns only kernels whose CPU features are present.
                 *out = unsafe { kernel(&weight_row(j), &x) };
@@ -116,29 +90,19 @@ impl Q4Matrix {
             let w = weight_row(j);
             let mut r = 0;
             // Four activation rows at a time share the unpacking of the weight row (prefill).
-            while r + 4 <= x.rows {
+            while r + 4 <= x.rows() {
                 let acc = dot4(&w, [row(r), row(r + 1), row(r + 2), row(r + 3)]);
                 for (i, a) in acc.into_iter().enumerate() {
                     y[(r + i) * y_stride + jj] = a;
                 }
                 r += 4;
             }
-            for r in r..x.rows {
-                y[r * y_stride + jj] = dot(&w, &row(r));
+            for r in r..x.rows() {
+                // SAFETY: as above.
+                y[r * y_stride + jj] = unsafe { kernel(&w, &row(r)) };
             }
         }
     }
-}
-
-/// Activation rows quantized per block: int8 values, block scales, exact float block sums, and
-/// `8 · scale · Σ q` per block (what unsigned-code kernels subtract to get `(code - 8) · q`).
-#[derive(Debug, Default, Clone)]
-pub struct QuantizedRows {
-    rows: usize,
-    q: Vec<i8>,
-    scales: Vec<f32>,
-    sums: Vec<f32>,
-    corrections: Vec<f32>,
 }
 
 /// One weight row: packed codes, block scales and block offsets (empty when symmetric).
@@ -147,68 +111,6 @@ struct WRow<'a> {
     codes: &'a [u8],
     scales: &'a [f32],
     offsets: &'a [f32],
-}
-
-/// One quantized activation row.
-#[derive(Clone, Copy)]
-pub(crate) struct XRow<'a> {
-    pub(crate) q: &'a [i8],
-    pub(crate) scales: &'a [f32],
-    pub(crate) sums: &'a [f32],
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the VNNI kernel needs it
-    pub(crate) corrections: &'a [f32],
-}
-
-impl QuantizedRows {
-    /// Quantizes `x` (`rows` rows of `k` values, `k` a multiple of [`BLOCK`]).
-    pub fn quantize(x: &[f32], k: usize) -> Self {
-        let rows = x.len() / k;
-        let blocks = x.len() / BLOCK;
-        let mut out = QuantizedRows {
-            rows,
-            q: vec![0; x.len()],
-            scales: vec![0.0; blocks],
-            sums: vec![0.0; blocks],
-            corrections: vec![0.0; blocks],
-        };
-        for (b, block) in x.chunks_exact(BLOCK).enumerate() {
-            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let inverse = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-            out.scales[b] = amax / 127.0;
-            out.sums[b] = block.iter().sum();
-            let q = &mut out.q[b * BLOCK..][..BLOCK];
-            for (q, v) in q.iter_mut().zip(block) {
-                *q = round_ties_even(v * inverse) as i8;
-            }
-            out.corrections[b] = 8.0 * out.scales[b] * q.iter().map(|&v| v as i32).sum::<i32>() as f32;
-        }
-        out
-    }
-
-    /// Rows held.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// Row `r`.
-    pub(crate) fn row(&self, r: usize) -> XRow<'_> {
-        let (k, nb) = (self.q.len() / self.rows, self.scales.len() / self.rows);
-        XRow {
-            q: &self.q[r * k..][..k],
-            scales: &self.scales[r * nb..][..nb],
-            sums: &self.sums[r * nb..][..nb],
-            corrections: &self.corrections[r * nb..][..nb],
-        }
-    }
-}
-
-/// Rounds half to even like `f32::round_ties_even` for |v| < 2^22 (here |v| <= 127), in plain
-/// float arithmetic the compiler vectorizes: adding and removing 1.5 · 2^23 leaves no fraction bits,
-/// and IEEE addition rounds half to even.
-#[inline]
-fn round_ties_even(v: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0;
-    (v + MAGIC) - MAGIC
 }
 
 /// One weight row times one activation row:
@@ -413,28 +315,18 @@ unsafe fn sdot(
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon,dotprod")]
 unsafe fn dot_neon_dotprod(w: &WRow, x: &XRow) -> f32 {
-    use std::arch::aarch64::*;
-    let nb = w.scales.len();
-    debug_assert!(w.codes.len() >= nb * BLOCK / 2 && x.q.len() >= nb * BLOCK && x.scales.len() >= nb);
-    let low = vdupq_n_u8(0x0F);
-    let eight = vdupq_n_s8(8);
-    let mut acc = vdupq_n_f32(0.0);
-    for b in 0..nb {
-        let raw = vld1q_u8(w.codes.as_ptr().add(b * BLOCK / 2));
-        let w_lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(raw, low)), eight);
-        let w_hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(raw, 4)), eight);
-        let x_lo = vld1q_s8(x.q.as_ptr().add(b * BLOCK));
-        let x_hi = vld1q_s8(x.q.as_ptr().add(b * BLOCK + 16));
-        let sums = sdot(sdot(vdupq_n_s32(0), w_lo, x_lo), w_hi, x_hi);
-        let scale = *w.scales.get_unchecked(b) * *x.scales.get_unchecked(b);
-        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(sums), scale);
-    }
-    vaddvq_f32(acc) + w.offsets.iter().zip(x.sums).map(|(o, s)| o * s).sum::<f32>()
+    dot_neon_impl::<true>(w, x)
 }
 
 /// One activation row with baseline NEON (Cortex-A53 class cores): widening byte multiplies.
 #[cfg(target_arch = "aarch64")]
 unsafe fn dot_neon(w: &WRow, x: &XRow) -> f32 {
+    dot_neon_impl::<false>(w, x)
+}
+
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+unsafe fn dot_neon_impl<const SDOT: bool>(w: &WRow, x: &XRow) -> f32 {
     use std::arch::aarch64::*;
     let nb = w.scales.len();
     debug_assert!(w.codes.len() >= nb * BLOCK / 2 && x.q.len() >= nb * BLOCK && x.scales.len() >= nb);
@@ -447,10 +339,14 @@ unsafe fn dot_neon(w: &WRow, x: &XRow) -> f32 {
         let w_hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(raw, 4)), eight);
         let x_lo = vld1q_s8(x.q.as_ptr().add(b * BLOCK));
         let x_hi = vld1q_s8(x.q.as_ptr().add(b * BLOCK + 16));
-        // |(code - 8) · q| <= 1016: two products per i16 lane cannot overflow.
-        let p_lo = vmlal_s8(vmull_s8(vget_low_s8(w_lo), vget_low_s8(x_lo)), vget_low_s8(w_hi), vget_low_s8(x_hi));
-        let p_hi = vmlal_high_s8(vmull_high_s8(w_lo, x_lo), w_hi, x_hi);
-        let sums = vpadalq_s16(vpaddlq_s16(p_lo), p_hi);
+        let sums = if SDOT {
+            sdot(sdot(vdupq_n_s32(0), w_lo, x_lo), w_hi, x_hi)
+        } else {
+            // |(code - 8) · q| <= 1016: two products per i16 lane cannot overflow.
+            let p_lo = vmlal_s8(vmull_s8(vget_low_s8(w_lo), vget_low_s8(x_lo)), vget_low_s8(w_hi), vget_low_s8(x_hi));
+            let p_hi = vmlal_high_s8(vmull_high_s8(w_lo, x_lo), w_hi, x_hi);
+            vpadalq_s16(vpaddlq_s16(p_lo), p_hi)
+        };
         let scale = *w.scales.get_unchecked(b) * *x.scales.get_unchecked(b);
         acc = vfmaq_n_f32(acc, vcvtq_f32_s32(sums), scale);
     }
@@ -466,6 +362,10 @@ mod tests {
         *seed >> 33
     }
 
+    fn q4(n: usize, k: usize, codes: &[u8], scales: Vec<f32>, offsets: Option<Vec<f32>>) -> Option<Q4Matrix> {
+        Blocks::new(n, k, scales, offsets).and_then(|blocks| Q4Matrix::new(codes, blocks))
+    }
+
     fn matrix(n: usize, k: usize, offsets: bool, seed: &mut u64) -> (Q4Matrix, Vec<f64>) {
         let codes: Vec<u8> = (0..n * k).map(|_| (lcg(seed) % 16) as u8).collect();
         let scales: Vec<f32> = (0..n * k / BLOCK).map(|_| (lcg(seed) % 1000) as f32 * 1e-4).collect();
@@ -477,25 +377,7 @@ mod tests {
                 (codes[i] as f64 - 8.0) * scales[b] as f64 + offs.as_ref().map_or(0.0, |o| o[b] as f64)
             })
             .collect();
-        (Q4Matrix::new(n, k, &codes, scales, offs).unwrap(), dense)
-    }
-
-    #[test]
-    fn quantization_matches_the_mlas_rule() {
-        let x: Vec<f32> = (0..64).map(|i| (i as f32 - 20.5) * 0.37).collect();
-        let q = QuantizedRows::quantize(&x, 64);
-        for b in 0..2 {
-            let block = &x[b * 32..][..32];
-            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-            assert_eq!(q.scales[b], amax / 127.0);
-            assert_eq!(q.sums[b], block.iter().sum::<f32>());
-            for (q, v) in q.q[b * 32..][..32].iter().zip(block) {
-                assert_eq!(*q, (v * (127.0 / amax)).round_ties_even() as i8);
-            }
-        }
-        assert!(q.q.iter().any(|&v| v == 127 || v == -127), "the largest value maps to ±127");
-        let zero = QuantizedRows::quantize(&[0.0; 32], 32);
-        assert_eq!((zero.scales[0], zero.q.iter().all(|&v| v == 0)), (0.0, true));
+        (q4(n, k, &codes, scales, offs).unwrap(), dense)
     }
 
     #[test]
@@ -514,8 +396,8 @@ mod tests {
                     let mut want = 0f64;
                     for i in 0..k {
                         let b = i / BLOCK;
-                        let xi = qx.q[r * k + i] as f64 * qx.scales[r * k / BLOCK + b] as f64;
-                        let off = w.offsets.as_ref().map_or(0.0, |o| o[j * k / BLOCK + b] as f64);
+                        let xi = qx.row(r).q[i] as f64 * qx.row(r).scales[b] as f64;
+                        let off = w.blocks.row(j).1.get(b).map_or(0.0, |&o| o as f64);
                         want += (dense[j * k + i] - off) * xi + off * x[r * k + i] as f64;
                     }
                     let got = y[r * (n - 1) + j - 1] as f64;
@@ -539,15 +421,11 @@ mod tests {
         let x: Vec<f32> = (0..576).map(|_| (lcg(&mut seed) % 2001) as f32 / 500.0 - 2.0).collect();
         let qx = QuantizedRows::quantize(&x, 576);
         let nb = 576 / BLOCK;
-        let x = XRow { q: &qx.q, scales: &qx.scales, sums: &qx.sums, corrections: &qx.corrections };
+        let x = qx.row(0);
         let offsets: Vec<f32> = (0..nb).map(|b| b as f32 * 0.01 - 0.05).collect();
         for j in 0..8 {
             let offsets = if j % 2 == 0 { &offsets[..] } else { &[][..] };
-            let w = WRow {
-                codes: &w.codes[(j % 4) * nb * 16..][..nb * 16],
-                scales: &w.scales[(j % 4) * nb..][..nb],
-                offsets,
-            };
+            let w = WRow { codes: &w.codes[(j % 4) * nb * 16..][..nb * 16], scales: w.blocks.row(j % 4).0, offsets };
             let slow = dot_scalar(&w, &x);
             let magnitude = 1.0 + slow.abs();
             assert!((dot(&w, &x) - slow).abs() <= 1e-5 * magnitude, "{} vs {slow}", dot(&w, &x));
@@ -587,16 +465,18 @@ mod tests {
         let codes: Vec<u8> = (0..3 * 64).map(|_| (lcg(&mut seed) % 16) as u8).collect();
         let onnx: Vec<u8> = codes.chunks_exact(2).map(|p| p[0] | (p[1] << 4)).collect();
         let scales = vec![0.5; 6];
-        let a = Q4Matrix::new(3, 64, &codes, scales.clone(), None).unwrap();
-        let b = Q4Matrix::from_nbits(3, 64, &onnx, scales.clone(), None).unwrap();
+        let blocks = Blocks::new(3, 64, scales, None).unwrap();
+        let a = Q4Matrix::new(&codes, blocks.clone()).unwrap();
+        let b = Q4Matrix::from_nbits(&onnx, blocks.clone()).unwrap();
         assert_eq!(a, b);
-        assert!(Q4Matrix::from_nbits(3, 64, &onnx[1..], scales, None).is_none());
+        assert!(Q4Matrix::from_nbits(&onnx[1..], blocks).is_none());
     }
 
     #[test]
     fn mismatched_sizes_are_refused() {
-        assert!(Q4Matrix::new(2, 48, &[0; 96], vec![1.0; 3], None).is_none());
-        assert!(Q4Matrix::new(2, 32, &[0; 64], vec![1.0; 1], None).is_none());
-        assert!(Q4Matrix::new(2, 32, &[0; 64], vec![1.0; 2], Some(vec![0.0; 3])).is_none());
+        assert!(q4(2, 48, &[0; 96], vec![1.0; 3], None).is_none());
+        assert!(q4(2, 32, &[0; 64], vec![1.0; 1], None).is_none());
+        assert!(q4(2, 32, &[0; 64], vec![1.0; 2], Some(vec![0.0; 3])).is_none());
+        assert!(q4(2, 32, &[0; 32], vec![1.0; 2], None).is_none());
     }
 }

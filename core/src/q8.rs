@@ -1,74 +1,45 @@
-//! 8-bit block weights (`w = q · d`, `q` in -128..=127, blocks of 32 along `k`, plus optional
-//! block offsets like [`crate::q4::Q4Matrix`]) and their int8-activation dot products: the LM head
+//! 8-bit block weights (`w = q · d + o`, `q` in -128..=127, blocks of 32 along `k`, scales and
+//! optional offsets in [`Blocks`]) and their int8-activation dot products: the LM head
 //! and embedding precision of llama.cpp's GGUF files (Q8_0), and the 8-bit model variant.
 
-use crate::q4::{QuantizedRows, XRow, BLOCK};
+use crate::qblock::{Blocks, QuantizedRows, XRow, BLOCK};
 
 /// A `[n, k]` 8-bit weight matrix (`k` a multiple of [`BLOCK`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Q8Matrix {
-    n: usize,
-    k: usize,
     /// `[n][k]` signed codes.
     codes: Vec<i8>,
-    /// `[n][k / 32]` block scales.
-    scales: Vec<f32>,
-    /// `[n][k / 32]` block offsets, when the weight is asymmetric.
-    offsets: Option<Vec<f32>>,
+    blocks: Blocks,
 }
 
 impl Q8Matrix {
-    /// From signed codes `[n * k]`, scales and optional offsets (`[n * k / 32]`); `None` if the
-    /// sizes disagree.
-    pub fn new(n: usize, k: usize, codes: Vec<i8>, scales: Vec<f32>, offsets: Option<Vec<f32>>) -> Option<Self> {
-        let blocks = n * k / BLOCK;
-        let sizes_ok = k.is_multiple_of(BLOCK) && codes.len() == n * k && scales.len() == blocks;
-        (sizes_ok && offsets.as_ref().is_none_or(|o| o.len() == blocks)).then_some(Q8Matrix {
-            n,
-            k,
-            codes,
-            scales,
-            offsets,
-        })
+    /// From signed codes `[n * k]` and block parameters; `None` if the sizes disagree.
+    pub fn new(codes: Vec<i8>, blocks: Blocks) -> Option<Self> {
+        (codes.len() == blocks.n() * blocks.k()).then_some(Q8Matrix { codes, blocks })
     }
 
-    /// Output features (rows).
-    pub fn n(&self) -> usize {
-        self.n
+    /// Shape, scales and offsets.
+    pub fn blocks(&self) -> &Blocks {
+        &self.blocks
     }
 
-    /// Input features (columns).
-    pub fn k(&self) -> usize {
-        self.k
+    /// Shape, scales and offsets, to add offsets to.
+    pub fn blocks_mut(&mut self) -> &mut Blocks {
+        &mut self.blocks
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.codes.len() + 4 * (self.scales.len() + self.offsets.as_ref().map_or(0, Vec::len))
-    }
-
-    /// Adds `extra` (`[n * k / 32]`) to the block offsets.
-    pub fn add_offsets(&mut self, extra: &[f32]) -> Option<()> {
-        if extra.len() != self.scales.len() {
-            return None;
-        }
-        match &mut self.offsets {
-            Some(o) => o.iter_mut().zip(extra).for_each(|(o, e)| *o += e),
-            None => self.offsets = Some(extra.to_vec()),
-        }
-        Some(())
+        self.codes.len() + self.blocks.bytes()
     }
 
     /// As [`crate::q4::Q4Matrix::matmul_rows`].
     pub fn matmul_rows(&self, x: &QuantizedRows, rows: std::ops::Range<usize>, y: &mut [f32], y_stride: usize) {
-        let nb = self.k / BLOCK;
+        let k = self.blocks.k();
         let kernel = dot_kernel();
         for (jj, j) in rows.enumerate() {
-            let w = WRow8 {
-                codes: &self.codes[j * self.k..][..self.k],
-                scales: &self.scales[j * nb..][..nb],
-                offsets: self.offsets.as_ref().map_or(&[][..], |o| &o[j * nb..][..nb]),
-            };
+            let (scales, offsets) = self.blocks.row(j);
+            let w = WRow8 { codes: &self.codes[j * k..][..k], scales, offsets };
             for r in 0..x.rows() {
                 // SAFETY: `dot_kernel` returns only kernels whose CPU features are present.
                 y[r * y_stride + jj] = unsafe { kernel(&w, &x.row(r)) };
@@ -217,7 +188,8 @@ mod tests {
         let scales: Vec<f32> = (0..n * k / BLOCK).map(|_| (next() % 1000) as f32 * 1e-4).collect();
         let offsets: Vec<f32> = (0..n * k / BLOCK).map(|_| (next() % 100) as f32 * 1e-3 - 0.05).collect();
         let x: Vec<f32> = (0..2 * k).map(|_| (next() % 2001) as f32 / 1000.0 - 1.0).collect();
-        let m = Q8Matrix::new(n, k, codes.clone(), scales.clone(), Some(offsets.clone())).unwrap();
+        let blocks = Blocks::new(n, k, scales.clone(), Some(offsets.clone())).unwrap();
+        let m = Q8Matrix::new(codes.clone(), blocks).unwrap();
         let qx = QuantizedRows::quantize(&x, k);
         let mut y = vec![0f32; 2 * n];
         m.matmul_rows(&qx, 0..n, &mut y, n);
@@ -250,6 +222,7 @@ mod tests {
             }
         }
         eprintln!("8-bit kernel: {}", kernel_name());
-        assert!(Q8Matrix::new(2, 48, vec![0; 96], vec![1.0; 3], None).is_none());
+        assert!(Blocks::new(2, 48, vec![1.0; 3], None).is_none());
+        assert!(Q8Matrix::new(vec![0; 63], Blocks::new(2, 32, vec![1.0; 2], None).unwrap()).is_none());
     }
 }

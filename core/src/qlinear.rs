@@ -8,8 +8,9 @@ use tract_linalg::multithread::{current_tract_executor, Executor};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
-use crate::q4::{Q4Matrix, QuantizedRows};
+use crate::q4::Q4Matrix;
 use crate::q8::Q8Matrix;
+use crate::qblock::{Blocks, QuantizedRows};
 
 /// A block-quantized weight.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,20 +22,30 @@ pub enum QWeight {
 }
 
 impl QWeight {
+    /// Shape, scales and offsets.
+    pub fn blocks(&self) -> &Blocks {
+        match self {
+            QWeight::Q4(m) => m.blocks(),
+            QWeight::Q8(m) => m.blocks(),
+        }
+    }
+
+    /// Shape, scales and offsets, to add offsets to.
+    pub fn blocks_mut(&mut self) -> &mut Blocks {
+        match self {
+            QWeight::Q4(m) => m.blocks_mut(),
+            QWeight::Q8(m) => m.blocks_mut(),
+        }
+    }
+
     /// Output features.
     pub fn n(&self) -> usize {
-        match self {
-            QWeight::Q4(m) => m.n(),
-            QWeight::Q8(m) => m.n(),
-        }
+        self.blocks().n()
     }
 
     /// Input features.
     pub fn k(&self) -> usize {
-        match self {
-            QWeight::Q4(m) => m.k(),
-            QWeight::Q8(m) => m.k(),
-        }
+        self.blocks().k()
     }
 
     /// Bits per code.
@@ -50,14 +61,6 @@ impl QWeight {
         match self {
             QWeight::Q4(m) => m.bytes(),
             QWeight::Q8(m) => m.bytes(),
-        }
-    }
-
-    /// Adds per-block offsets (`[n * k / 32]`); `None` if the count is wrong.
-    pub fn add_offsets(&mut self, extra: &[f32]) -> Option<()> {
-        match self {
-            QWeight::Q4(m) => m.add_offsets(extra),
-            QWeight::Q8(m) => m.add_offsets(extra),
         }
     }
 

@@ -173,11 +173,11 @@ pub fn fuse_block_offsets(model: &mut TypedModel) -> TractResult<usize> {
             continue;
         };
         let mut weight = (*linear.weight).clone();
-        let (n, blocks) = (weight.n(), weight.k() / crate::q4::BLOCK);
+        let (n, blocks) = (weight.n(), weight.k() / crate::qblock::BLOCK);
         ensure!(offsets.shape() == [blocks, n], "offsets {:?} for a {n}x{} weight", offsets.shape(), weight.k());
         let view = offsets.to_plain_array_view::<f32>()?;
         let per_row: Vec<f32> = (0..n * blocks).map(|i| view[[i % blocks, i / blocks]]).collect();
-        weight.add_offsets(&per_row).context("offset count")?;
+        weight.blocks_mut().add_offsets(&per_row).context("offset count")?;
         let x = model
             .node(node.inputs.iter().find(|o| model.node(o.node).op_is::<QLinear>()).expect("found").node)
             .inputs[0];
@@ -206,6 +206,6 @@ fn block_offsets(model: &TypedModel, outlet: OutletId, x: OutletId) -> Option<Ar
     let last = blocked.rank().checked_sub(1)?;
     let is_block_sum = matches!(reduce.reducer, Reducer::Sum)
         && reduce.axes.as_slice() == [last]
-        && blocked.shape[last] == crate::q4::BLOCK.to_dim();
+        && blocked.shape[last] == crate::qblock::BLOCK.to_dim();
     (is_block_sum && reshape.inputs.first() == Some(&x)).then_some(konst)
 }

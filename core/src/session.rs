@@ -120,27 +120,9 @@ impl Session {
         if ids.is_empty() {
             return Err(Error::param("prompt", "no tokens to evaluate"));
         }
-        self.check_fits(ids.len())?;
-        let vocab_size = self.model.config().hparams.vocab_size;
-        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab_size) {
-            return Err(Error::InvalidToken { id, vocab_size });
-        }
-        let start = self.tokens.len();
-        let mut last = None;
-        for chunk in ids.chunks(self.prefill_chunk) {
-            if cancel.is_cancelled() {
-                self.rewind(start)?;
-                return Ok(None);
-            }
-            match self.eval(chunk) {
-                Ok(logits) => last = Some(self.last_row(logits)),
-                Err(e) => {
-                    self.rewind(start)?;
-                    return Err(e);
-                }
-            }
-        }
-        Ok(last)
+        let mut last = Vec::new();
+        let done = self.eval_chunks(ids, cancel, |_, logits| last = logits)?;
+        Ok(done.then(|| self.last_row(last)))
     }
 
     /// Evaluates one token (decode step) and returns the next-token logits.
@@ -165,32 +147,47 @@ impl Session {
         if ids.len() < 2 {
             return Err(Error::param("ids", "scoring needs at least 2 tokens"));
         }
+        let vocab_size = self.model.config().hparams.vocab_size;
+        let mut scores = Vec::with_capacity(ids.len() - 1);
+        let done = self.eval_chunks(ids, cancel, |offset, logits| {
+            // Row r predicts the token after ids[offset + r].
+            for (row, &target) in logits.chunks_exact(vocab_size).zip(&ids[offset + 1..]) {
+                scores.push(log_softmax_at(row, target as usize));
+            }
+        })?;
+        Ok(done.then_some(scores))
+    }
+
+    /// Checks `ids` (they fit the context, every id is in the vocabulary), then evaluates them in
+    /// chunks, handing each chunk's offset in `ids` and logits to `on_chunk`. Returns `false` if
+    /// `cancel` fired between chunks. On error or cancellation the session is rewound to where
+    /// it was.
+    fn eval_chunks(
+        &mut self,
+        ids: &[u32],
+        cancel: &CancelToken,
+        mut on_chunk: impl FnMut(usize, Vec<f32>),
+    ) -> Result<bool> {
         self.check_fits(ids.len())?;
         let vocab_size = self.model.config().hparams.vocab_size;
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab_size) {
             return Err(Error::InvalidToken { id, vocab_size });
         }
         let start = self.tokens.len();
-        let mut scores = Vec::with_capacity(ids.len() - 1);
         for (c, chunk) in ids.chunks(self.prefill_chunk).enumerate() {
             if cancel.is_cancelled() {
                 self.rewind(start)?;
-                return Ok(None);
+                return Ok(false);
             }
-            let logits = match self.eval(chunk) {
-                Ok(logits) => logits,
+            match self.eval(chunk) {
+                Ok(logits) => on_chunk(c * self.prefill_chunk, logits),
                 Err(e) => {
                     self.rewind(start)?;
                     return Err(e);
                 }
-            };
-            // Row r predicts the token after chunk[r]: ids[c * chunk_len + r + 1].
-            let next = &ids[c * self.prefill_chunk + 1..];
-            for (row, &target) in logits.chunks_exact(vocab_size).zip(next) {
-                scores.push(log_softmax_at(row, target as usize));
             }
         }
-        Ok(Some(scores))
+        Ok(true)
     }
 
     /// The last position's logits out of what the graph returned (one row, or all of them).

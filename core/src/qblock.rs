@@ -1,0 +1,168 @@
+//! What 4- and 8-bit block weights share: blocks of 32 along `k` with a scale and an optional
+//! offset each ([`Blocks`]), and activation rows quantized per block to int8 ([`QuantizedRows`])
+//! exactly as onnxruntime's MLAS does for `MatMulNBits` with `accuracy_level = 4`
+//! (`scale = amax / 127`, `q = round_half_even(x * (127 / amax))`): the integer products of a
+//! block are then the ones onnxruntime computes.
+
+/// Values per block.
+pub const BLOCK: usize = 32;
+
+/// The shape of an `[n, k]` block-quantized matrix and its per-block scales and offsets
+/// (`[n][k / 32]` each; offsets only when the weight is asymmetric).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blocks {
+    n: usize,
+    k: usize,
+    scales: Vec<f32>,
+    offsets: Option<Vec<f32>>,
+}
+
+impl Blocks {
+    /// `None` unless `k` is a multiple of [`BLOCK`] and scales and offsets have `n * k / 32` values.
+    pub fn new(n: usize, k: usize, scales: Vec<f32>, offsets: Option<Vec<f32>>) -> Option<Self> {
+        let count = n * k / BLOCK;
+        let ok = k.is_multiple_of(BLOCK) && scales.len() == count && offsets.as_ref().is_none_or(|o| o.len() == count);
+        ok.then_some(Blocks { n, k, scales, offsets })
+    }
+
+    /// Output features (rows).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Input features (columns).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Bytes of scales and offsets.
+    pub fn bytes(&self) -> usize {
+        4 * (self.scales.len() + self.offsets.as_ref().map_or(0, Vec::len))
+    }
+
+    /// Adds `extra` (`[n * k / 32]`) to the block offsets; `None` if the count is wrong.
+    pub fn add_offsets(&mut self, extra: &[f32]) -> Option<()> {
+        if extra.len() != self.scales.len() {
+            return None;
+        }
+        match &mut self.offsets {
+            Some(o) => o.iter_mut().zip(extra).for_each(|(o, e)| *o += e),
+            None => self.offsets = Some(extra.to_vec()),
+        }
+        Some(())
+    }
+
+    /// Row `j`'s scales and offsets (empty when symmetric).
+    pub(crate) fn row(&self, j: usize) -> (&[f32], &[f32]) {
+        let nb = self.k / BLOCK;
+        (&self.scales[j * nb..][..nb], self.offsets.as_ref().map_or(&[][..], |o| &o[j * nb..][..nb]))
+    }
+}
+
+/// Activation rows quantized per block: int8 values, block scales, exact float block sums, and
+/// `8 · scale · Σ q` per block (what unsigned-code kernels subtract to get `(code - 8) · q`).
+#[derive(Debug, Default, Clone)]
+pub struct QuantizedRows {
+    rows: usize,
+    q: Vec<i8>,
+    scales: Vec<f32>,
+    sums: Vec<f32>,
+    corrections: Vec<f32>,
+}
+
+/// One quantized activation row.
+#[derive(Clone, Copy)]
+pub(crate) struct XRow<'a> {
+    pub(crate) q: &'a [i8],
+    pub(crate) scales: &'a [f32],
+    pub(crate) sums: &'a [f32],
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the VNNI kernel needs it
+    pub(crate) corrections: &'a [f32],
+}
+
+impl QuantizedRows {
+    /// Quantizes `x` (`rows` rows of `k` values, `k` a multiple of [`BLOCK`]).
+    pub fn quantize(x: &[f32], k: usize) -> Self {
+        let rows = x.len() / k;
+        let blocks = x.len() / BLOCK;
+        let mut out = QuantizedRows {
+            rows,
+            q: vec![0; x.len()],
+            scales: vec![0.0; blocks],
+            sums: vec![0.0; blocks],
+            corrections: vec![0.0; blocks],
+        };
+        for (b, block) in x.chunks_exact(BLOCK).enumerate() {
+            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let inverse = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            out.scales[b] = amax / 127.0;
+            out.sums[b] = block.iter().sum();
+            let q = &mut out.q[b * BLOCK..][..BLOCK];
+            for (q, v) in q.iter_mut().zip(block) {
+                *q = round_ties_even(v * inverse) as i8;
+            }
+            out.corrections[b] = 8.0 * out.scales[b] * q.iter().map(|&v| v as i32).sum::<i32>() as f32;
+        }
+        out
+    }
+
+    /// Rows held.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Row `r`.
+    pub(crate) fn row(&self, r: usize) -> XRow<'_> {
+        let (k, nb) = (self.q.len() / self.rows, self.scales.len() / self.rows);
+        XRow {
+            q: &self.q[r * k..][..k],
+            scales: &self.scales[r * nb..][..nb],
+            sums: &self.sums[r * nb..][..nb],
+            corrections: &self.corrections[r * nb..][..nb],
+        }
+    }
+}
+
+/// Rounds half to even like `f32::round_ties_even` for |v| < 2^22 (here |v| <= 127), in plain
+/// float arithmetic the compiler vectorizes: adding and removing 1.5 · 2^23 leaves no fraction bits,
+/// and IEEE addition rounds half to even.
+#[inline]
+fn round_ties_even(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC) - MAGIC
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantization_matches_the_mlas_rule() {
+        let x: Vec<f32> = (0..64).map(|i| (i as f32 - 20.5) * 0.37).collect();
+        let q = QuantizedRows::quantize(&x, 64);
+        for b in 0..2 {
+            let block = &x[b * 32..][..32];
+            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert_eq!(q.scales[b], amax / 127.0);
+            assert_eq!(q.sums[b], block.iter().sum::<f32>());
+            for (q, v) in q.q[b * 32..][..32].iter().zip(block) {
+                assert_eq!(*q, (v * (127.0 / amax)).round_ties_even() as i8);
+            }
+        }
+        assert!(q.q.iter().any(|&v| v == 127 || v == -127), "the largest value maps to ±127");
+        let zero = QuantizedRows::quantize(&[0.0; 32], 32);
+        assert_eq!((zero.scales[0], zero.q.iter().all(|&v| v == 0)), (0.0, true));
+    }
+
+    #[test]
+    fn block_parameters_are_checked_and_offsets_accumulate() {
+        assert!(Blocks::new(2, 48, vec![1.0; 3], None).is_none());
+        assert!(Blocks::new(2, 32, vec![1.0; 1], None).is_none());
+        assert!(Blocks::new(2, 32, vec![1.0; 2], Some(vec![0.0; 3])).is_none());
+        let mut b = Blocks::new(2, 64, vec![1.0; 4], None).unwrap();
+        assert_eq!(b.add_offsets(&[1.0; 3]), None);
+        b.add_offsets(&[1.0, 2.0, 3.0, 4.0]).unwrap();
+        b.add_offsets(&[0.5; 4]).unwrap();
+        assert_eq!(b.row(1), (&[1.0, 1.0][..], &[3.5, 4.5][..]));
+    }
+}
