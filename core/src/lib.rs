@@ -27,6 +27,7 @@ mod graph;
 mod input;
 mod integrity;
 mod interface;
+mod memory;
 mod model;
 mod nbits;
 mod perplexity;

@@ -8,6 +8,7 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::graph::DecoderGraph;
 use crate::integrity;
+use crate::memory;
 use crate::session::{Session, SessionOptions};
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
@@ -71,6 +72,7 @@ impl Model {
         let tokenizer = checked?;
         let graph = graph?;
         let template = ChatTemplate::new(&config.chat_template)?;
+        memory::release_freed_heap();
         let load_time_ms = started.elapsed().as_secs_f64() * 1e3;
         log::info!("loaded {} from {} in {load_time_ms:.0} ms", config.model_id, dir.display());
         Ok(Arc::new(Model {
