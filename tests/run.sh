@@ -76,3 +76,13 @@ done
 step "cargo test (unit, integration, CLI, onnxruntime parity on tiny and default model)"
 POCKETLM_PYTHON="$python" POCKETLM_DEFAULT_MODEL="$model_dir" POCKETLM_F32_MODEL="$f32_dir" POCKETLM_PRUNED_MODEL="$pruned_dir" \
   cargo test --release --workspace -- --include-ignored
+
+step "C ABI: header up to date and valid C and C++, the C example on the default model"
+cargo xtask c-header --check
+c++ -std=c++17 -fsyntax-only -Wall -Werror -I bindings/include -x c++ - <<< '#include "pocketlm.h"'
+cc -std=c11 -Wall -Wextra -Werror -pedantic -I bindings/include tests/c/generate.c \
+  -L "$CARGO_TARGET_DIR/release" -lpocketlm_ffi -o "$tmp/c-generate"
+LD_LIBRARY_PATH="$CARGO_TARGET_DIR/release" "$tmp/c-generate" "$model_dir"
+
+step "Kotlin bindings on the JVM (kotlinc, JNA, JUnit) against the default model"
+bash tests/kotlin.sh "$model_dir"
