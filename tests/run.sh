@@ -86,3 +86,14 @@ LD_LIBRARY_PATH="$CARGO_TARGET_DIR/release" "$tmp/c-generate" "$model_dir"
 
 step "Kotlin bindings on the JVM (kotlinc, JNA, JUnit) against the default model"
 bash tests/kotlin.sh "$model_dir"
+
+step "Android and iOS: the library cross-compiles (static libraries, compile-only profile), Swift sources and header"
+# No NDK, Android Gradle plugin or Xcode on CI machines: this proves the whole dependency tree
+# (tract-linalg's NEON/SSE assembly included) compiles for each target; see README "Platforms".
+cargo xtask android --profile cross-check 2>&1 | grep -E "MB|NDK"
+cargo xtask ios --profile cross-check --target aarch64-apple-ios 2>&1 | grep -E "MB|Swift|\.swift"
+echo '#include "PocketLMFFI.h"' | clang -std=c11 -fsyntax-only -Wall -Werror -I ios/Generated -x c -
+grep -q "public func answer" ios/Sources/PocketLM/PocketLM+Async.swift
+grep -q "open func generateStream(prompt: String, params: GenerationParams, listener: GenerationListener)" \
+  ios/Sources/PocketLM/Generated/PocketLM.swift || { echo "generated Swift API changed: update ios/Sources/PocketLM"; exit 1; }
+echo "uniffi C header compiles (clang); Swift sources generated"

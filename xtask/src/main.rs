@@ -39,9 +39,20 @@ enum Cmd {
         check: bool,
     },
     /// Build the library for Android ABIs.
-    Android,
+    Android {
+        /// Cargo profile (`mobile`: LTO, stripped; `cross-check`: fast compile-only proof).
+        #[arg(long, default_value = "mobile")]
+        profile: String,
+    },
     /// Build the library for iOS (and, on macOS, the XCFramework).
-    Ios,
+    Ios {
+        /// Cargo profile (`mobile`: LTO, stripped; `cross-check`: fast compile-only proof).
+        #[arg(long, default_value = "mobile")]
+        profile: String,
+        /// Only these targets (default: device and both simulators; the XCFramework needs all).
+        #[arg(long = "target")]
+        targets: Vec<String>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -64,8 +75,8 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Bindgen { language, out } => bindgen(language, &out),
         Cmd::CHeader { check } => c_header(check),
-        Cmd::Android => android(),
-        Cmd::Ios => ios(),
+        Cmd::Android { profile } => android(&profile),
+        Cmd::Ios { profile, targets } => ios(&profile, &targets),
     }
 }
 
@@ -161,24 +172,38 @@ fn c_header(check: bool) -> Result<()> {
     Ok(())
 }
 
-/// `cargo rustc` of the library for `target` as `crate_type`, release profile; returns the file.
-fn cross_build(target: &str, crate_type: &str) -> Result<PathBuf> {
-    run(cargo().args([
-        "rustc",
-        "--release",
-        "-p",
-        "pocketlm-ffi",
-        "--lib",
-        "--target",
-        target,
-        "--crate-type",
-        crate_type,
-    ]))?;
+/// `cargo rustc` of the library for `target` as `crate_type` with `profile`; returns the file.
+/// Without a platform toolchain, C and assembly (tract-linalg's kernels) are compiled by clang,
+/// and an empty SDK root stands in for Apple's (nothing from it is linked into a static library).
+fn cross_build(target: &str, crate_type: &str, profile: &str) -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["rustc", "--profile", profile, "-p", "pocketlm-ffi", "--lib", "--target", target]);
+    cmd.args(["--crate-type", crate_type]);
+    let key = target.replace('-', "_");
+    if std::env::var_os(format!("CC_{key}")).is_none() && std::env::var_os("ANDROID_NDK_HOME").is_none() {
+        cmd.env(format!("CC_{key}"), "clang");
+    }
+    if std::env::var_os(format!("CFLAGS_{key}")).is_none() {
+        if target.starts_with("aarch64") {
+            // clang otherwise drops tract's int8 `sdot` kernel; it only runs on CPUs that have it.
+            cmd.env(format!("CFLAGS_{key}"), "-march=armv8.2-a+dotprod");
+        } else if target.starts_with("armv7") {
+            // Android's armeabi-v7a: NEON and VFP registers, soft-float calling convention.
+            cmd.env(format!("CFLAGS_{key}"), "-march=armv7-a -mfpu=neon -mfloat-abi=softfp");
+        }
+    }
+    if target.contains("apple") && !cfg!(target_os = "macos") && std::env::var_os("SDKROOT").is_none() {
+        let sdk = target_dir().join("empty-sdkroot");
+        std::fs::create_dir_all(&sdk)?;
+        cmd.env("SDKROOT", sdk);
+    }
+    run(&mut cmd)?;
     let file = match crate_type {
         "staticlib" => format!("lib{LIB}.a"),
         _ => format!("lib{LIB}.so"),
     };
-    Ok(target_dir().join(target).join("release").join(file))
+    let dir = if profile == "dev" { "debug" } else { profile };
+    Ok(target_dir().join(target).join(dir).join(file))
 }
 
 fn report(file: &Path) -> Result<()> {
@@ -187,11 +212,11 @@ fn report(file: &Path) -> Result<()> {
     Ok(())
 }
 
-fn android() -> Result<()> {
+fn android(profile: &str) -> Result<()> {
     let ndk = std::env::var_os("ANDROID_NDK_HOME").map(PathBuf::from);
     for (abi, target) in ANDROID {
         let Some(ndk) = &ndk else {
-            report(&cross_build(target, "staticlib")?)?;
+            report(&cross_build(target, "staticlib", profile)?)?;
             continue;
         };
         // NDK clang wrappers are named <target><api>-clang (armv7's as armv7a-linux-androideabi).
@@ -203,7 +228,7 @@ fn android() -> Result<()> {
         let env_target = target.to_uppercase().replace('-', "_");
         std::env::set_var(format!("CARGO_TARGET_{env_target}_LINKER"), &clang);
         std::env::set_var(format!("CC_{}", target.replace('-', "_")), &clang);
-        let so = cross_build(target, "cdylib")?;
+        let so = cross_build(target, "cdylib", profile)?;
         let dest = root().join("android/src/main/jniLibs").join(abi);
         std::fs::create_dir_all(&dest)?;
         std::fs::copy(&so, dest.join(format!("lib{LIB}.so")))?;
@@ -215,17 +240,26 @@ fn android() -> Result<()> {
     Ok(())
 }
 
-fn ios() -> Result<()> {
+fn ios(profile: &str, only: &[String]) -> Result<()> {
+    let targets: Vec<&str> = if only.is_empty() { IOS.to_vec() } else { only.iter().map(String::as_str).collect() };
     let mut libs = Vec::new();
-    for target in IOS {
-        let lib = cross_build(target, "staticlib")?;
+    for target in &targets {
+        let lib = cross_build(target, "staticlib", profile)?;
         report(&lib)?;
         libs.push(lib);
     }
+    // Swift sources into the package's target; the C header and module map of the uniffi
+    // scaffolding beside them, for the XCFramework.
     let generated = root().join("ios/Generated");
     swift_sources(&host_library()?, utf8(generated.clone())?)?;
-    if !cfg!(target_os = "macos") {
-        println!("not on macOS: static libraries and Swift sources only (xcodebuild makes the XCFramework on a Mac)");
+    let swift_dir = root().join("ios/Sources/PocketLM/Generated");
+    std::fs::create_dir_all(&swift_dir)?;
+    std::fs::rename(generated.join("PocketLM.swift"), swift_dir.join("PocketLM.swift"))?;
+    println!("{}", swift_dir.join("PocketLM.swift").display());
+    if !cfg!(target_os = "macos") || targets != IOS {
+        println!(
+            "static libraries and Swift sources only: the XCFramework needs macOS (xcodebuild) and all of {IOS:?}"
+        );
         return Ok(());
     }
     // One framework slice per platform: the two simulator architectures are merged with lipo.
@@ -233,11 +267,7 @@ fn ios() -> Result<()> {
     run(Command::new("lipo").arg("-create").arg(&libs[1]).arg(&libs[2]).arg("-output").arg(&sim))?;
     let xcframework = root().join("ios/PocketLMFFI.xcframework");
     let _ = std::fs::remove_dir_all(&xcframework);
-    let headers = generated.join("headers");
-    std::fs::create_dir_all(&headers)?;
-    for f in ["PocketLMFFI.h", "module.modulemap"] {
-        std::fs::copy(generated.join(f), headers.join(f))?;
-    }
+    let headers = generated; // PocketLMFFI.h and module.modulemap
     run(Command::new("xcodebuild")
         .arg("-create-xcframework")
         .arg("-library")
