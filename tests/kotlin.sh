@@ -21,11 +21,15 @@ done
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cargo xtask bindgen --language kotlin --out "$work/generated" > /dev/null
+# The README's Kotlin example is compiled with the rest.
+mkdir -p "$work/readme"
+awk '/^```kotlin$/ {inside = 1; next} /^```$/ {if (inside) exit} inside' README.md > "$work/readme/ReadmeExample.kt"
+grep -q "PocketLM.withModel" "$work/readme/ReadmeExample.kt" || { echo "README has no Kotlin example"; exit 1; }
 lib="$kotlin_home/lib"
 cp_compile="/usr/share/java/jna.jar:/usr/share/java/junit4.jar:$lib/kotlinx-coroutines-core-jvm.jar"
 echo "kotlinc: $("$kotlinc" -version 2>&1 | tail -n 1)"
 "$kotlinc" -nowarn -jvm-target 17 -cp "$cp_compile" -d "$work/classes" \
-  "$work/generated" android/src/main/kotlin android/src/test/kotlin
+  "$work/generated" android/src/main/kotlin android/src/test/kotlin "$work/readme"
 POCKETLM_MODEL_DIR="$model_dir" java -Djna.library.path="$CARGO_TARGET_DIR/release" \
   -cp "$work/classes:$cp_compile:/usr/share/java/hamcrest-core.jar:$lib/kotlin-stdlib.jar" \
   org.junit.runner.JUnitCore dev.pocketlm.PocketModelTest

@@ -83,6 +83,11 @@ c++ -std=c++17 -fsyntax-only -Wall -Werror -I bindings/include -x c++ - <<< '#in
 cc -std=c11 -Wall -Wextra -Werror -pedantic -I bindings/include tests/c/generate.c \
   -L "$CARGO_TARGET_DIR/release" -lpocketlm_ffi -o "$tmp/c-generate"
 LD_LIBRARY_PATH="$CARGO_TARGET_DIR/release" "$tmp/c-generate" "$model_dir"
+awk '/^```c$/ {inside = 1; next} /^```$/ {if (inside) exit} inside' README.md > "$tmp/readme-example.c"
+grep -q pocketlm_generate "$tmp/readme-example.c" || { echo "README has no C example"; exit 1; }
+cc -std=c11 -Wall -Wextra -Werror -I bindings/include "$tmp/readme-example.c" \
+  -L "$CARGO_TARGET_DIR/release" -lpocketlm_ffi -o "$tmp/readme-example"
+echo "README C example compiles and links"
 
 step "Kotlin bindings on the JVM (kotlinc, JNA, JUnit) against the default model"
 bash tests/kotlin.sh "$model_dir"
