@@ -96,6 +96,7 @@ step "Android and iOS: the library cross-compiles (static libraries, compile-onl
 # No NDK, Android Gradle plugin or Xcode on CI machines: this proves the whole dependency tree
 # (tract-linalg's NEON/SSE assembly included) compiles for each target; see README "Platforms".
 cargo xtask android --profile cross-check 2>&1 | grep -E "MB|NDK"
+CC_aarch64_linux_android=clang cargo clippy -q -p pocketlm-ffi --target aarch64-linux-android -- -D warnings
 cargo xtask ios --profile cross-check --target aarch64-apple-ios 2>&1 | grep -E "MB|Swift|\.swift"
 echo '#include "PocketLMFFI.h"' | clang -std=c11 -fsyntax-only -Wall -Werror -I ios/Generated -x c -
 grep -q "public func answer" ios/Sources/PocketLM/PocketLM+Async.swift

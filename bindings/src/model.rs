@@ -22,6 +22,8 @@ impl PocketModel {
     /// default model on a desktop core; call it off the UI thread.
     #[uniffi::constructor]
     pub fn load(options: LoadOptions) -> Result<Arc<Self>, PocketError> {
+        #[cfg(target_os = "android")]
+        crate::android::init_logging();
         guarded(|| {
             let threads = match options.threads {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()).min(4),
