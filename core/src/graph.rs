@@ -55,6 +55,9 @@ impl DecoderGraph {
         let inference =
             onnx.model_for_path(path).map_err(|e| graph_err(&format!("cannot parse {} as ONNX", path.display()), e))?;
         check_interface(&inference, config)?;
+        // Parsing leaves ~45 MiB of freed buffers (external data reads); returning them before
+        // the weights are repacked lowers the load's peak (318 → 303 MiB on the default model).
+        crate::memory::release_freed_heap();
         lap("parsed ONNX");
         let mut typed = inference.into_typed().map_err(|e| graph_err("type analysis failed", e))?;
         lap("typed");
