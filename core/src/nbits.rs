@@ -2,6 +2,11 @@
 //! without zero points (uint8-packed or float). Other variants (bit widths, block sizes, `g_idx`)
 //! go to tract's own importer, which dequantizes what its kernels cannot run.
 //!
+//! Two steps, for peak memory at load: type analysis wires a `PendingNBits` that shares the ONNX
+//! weight bytes with the graph's constant; [`pack`], once the parsed graph and the unused
+//! constants are gone, turns each into a `QLinear`, freeing each layer's source bytes as its
+//! packed copy is made (so the two copies of all weights never coexist).
+//!
 //! `MatMulNBits` computes `Y = A · dequant(B)ᵀ (+ bias)` with `B [N, K/32, 32·bits/8]` uint8 (4-bit:
 //! two codes per byte, element `2i` in the low nibble), `scales [N·K/32]` and
 //! `w = (code - zero) · scale`, zero `2^(bits-1)` by default. With `mid = 2^(bits-1)`,
@@ -119,19 +124,92 @@ impl Expansion for MatMulNBits {
             }
         };
         let blocks = Blocks::new(n, k, scales, offsets).context("MatMulNBits: inconsistent sizes")?;
+        let pending = PendingNBits { bits: self.bits, b: konst(1, "B")?, blocks };
+        let mut y = model.wire_node(prefix, pending, &[inputs[0]])?[0];
+        if let Some(i) = self.bias {
+            y = wire_with_rank_broadcast(format!("{prefix}.bias"), model, add(), &[y, inputs[i]])?[0];
+        }
+        Ok(tvec!(y))
+    }
+}
+
+/// A `MatMulNBits` imported but not packed yet (see the module doc): the ONNX weight bytes and
+/// the block parameters. It cannot run; [`pack`] replaces it.
+#[derive(Debug, Clone)]
+struct PendingNBits {
+    bits: usize,
+    b: Arc<Tensor>,
+    blocks: Blocks,
+}
+
+impl PendingNBits {
+    fn weight(&self) -> TractResult<QWeight> {
+        let b = self.b.try_as_plain_ram()?;
+        let b: &[u8] = b.as_slice()?;
+        let blocks = self.blocks.clone();
         let weight = if self.bits == 4 {
             Q4Matrix::from_nbits(b, blocks).map(QWeight::Q4)
         } else {
             let codes = b.iter().map(|&c| (c as i16 - 128) as i8).collect();
             Q8Matrix::new(codes, blocks).map(QWeight::Q8)
         };
-        let weight = weight.context("MatMulNBits: inconsistent sizes")?;
-        let mut y = model.wire_node(prefix, QLinear { weight: Arc::new(weight) }, &[inputs[0]])?[0];
-        if let Some(i) = self.bias {
-            y = wire_with_rank_broadcast(format!("{prefix}.bias"), model, add(), &[y, inputs[i]])?[0];
-        }
-        Ok(tvec!(y))
+        weight.context("MatMulNBits: inconsistent sizes")
     }
+}
+
+impl PartialEq for PendingNBits {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.b, &other.b)
+    }
+}
+
+impl Eq for PendingNBits {}
+
+impl std::hash::Hash for PendingNBits {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.b).hash(state)
+    }
+}
+
+impl Op for PendingNBits {
+    fn name(&self) -> StaticName {
+        "PendingNBits".into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for PendingNBits {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, _inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        bail!("MatMulNBits weights were imported but not packed (nbits::pack was not run)")
+    }
+}
+
+impl TypedOp for PendingNBits {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let mut shape = inputs[0].shape.to_tvec();
+        *shape.last_mut().context("MatMulNBits input has rank 0")? = self.blocks.n().to_dim();
+        Ok(tvec!(f32::fact(shape)))
+    }
+
+    as_op!();
+}
+
+/// Turns every imported `MatMulNBits` into a [`QLinear`]: drops the graph's unused nodes first
+/// (the weight constants), then packs layer by layer, each source buffer freed as its node's op
+/// is replaced. Returns how many were packed. Runs after type analysis, before other rewrites.
+pub fn pack(model: &mut TypedModel) -> TractResult<usize> {
+    model.compact()?;
+    let ids: Vec<usize> = model.nodes().iter().filter(|n| n.op_is::<PendingNBits>()).map(|n| n.id).collect();
+    for &id in &ids {
+        let pending = model.node(id).op_as::<PendingNBits>().expect("filtered above").clone();
+        let linear = QLinear { weight: Arc::new(pending.weight()?) };
+        model.node_mut(id).op = Box::new(linear);
+        drop(pending); // the last reference to this layer's ONNX bytes
+    }
+    Ok(ids.len())
 }
 
 #[cfg(test)]
@@ -165,7 +243,8 @@ mod tests {
         let op = MatMulNBits { k, n, bits, zero_points: (inputs.len() == 4).then_some(3), bias: None };
         let y = model.wire_node("mm", expand(op), &inputs).unwrap();
         model.select_output_outlets(&y).unwrap();
-        let typed = model.into_typed().unwrap();
+        let mut typed = model.into_typed().unwrap();
+        assert_eq!(pack(&mut typed).unwrap(), 1);
         assert!(typed.nodes().iter().any(|n| n.op_is::<QLinear>()), "imported as QLinear");
         let plan = typed.into_runnable().unwrap();
         let out = plan.run(tvec![Tensor::from_shape(&[1, rows, k], x).unwrap().into_tvalue()]).unwrap();
