@@ -10,7 +10,9 @@ use crate::attention::LayerCache;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::interface::{check_interface, find_slots, Slots};
-use crate::rewrite::{fuse_attention, fuse_block_offsets, fuse_rope, last_position_logits, untie_shared_constants};
+use crate::rewrite::{
+    fuse_attention, fuse_block_offsets, fuse_rope, last_position_logits, share_embedding_table, untie_shared_constants,
+};
 
 /// The optimised, runnable decoder, shared by all sessions of a model.
 #[derive(Debug)]
@@ -74,6 +76,8 @@ impl DecoderGraph {
         log::debug!("fused {offsets} block offsets into 4-bit matmuls");
         let rope = fuse_rope(&mut typed, config).map_err(|e| graph_err("fusing rope", e))?;
         log::debug!("fused {rope} rotary embeddings");
+        let shared = share_embedding_table(&mut typed).map_err(|e| graph_err("sharing the embedding table", e))?;
+        log::debug!("token lookup reads the LM head's codes: {shared}");
         // tract's own `transformers_detect_all` (in-state or unfolded cache) was measured on this
         // graph: no gain over the plain optimiser, and its cache still concatenates every step.
         // The fused ops above own the cache instead and append in place.
@@ -175,4 +179,30 @@ fn weight_bytes_per_step(model: &TypedModel) -> usize {
             t.volume() * t.datum_type().size_of()
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ops(model: &str) -> Vec<String> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models").join(model);
+        let config = ModelConfig::load(&dir).unwrap();
+        let graph = DecoderGraph::load(&dir.join("model.onnx"), &config, 1, false).unwrap();
+        graph.plan.model().nodes().iter().map(|n| n.op.name().to_string()).collect()
+    }
+
+    #[test]
+    fn quantized_weights_are_packed_and_the_lookup_reads_the_lm_head() {
+        let ops = ops("tiny-q4");
+        assert_eq!(ops.iter().filter(|o| *o == "QLinear").count(), 2 * 7 + 1, "7 linears per layer + LM head");
+        assert_eq!(ops.iter().filter(|o| *o == "EmbedQ8").count(), 1);
+        assert!(!ops.iter().any(|o| o == "PendingNBits" || o == "Gather"), "{ops:?}");
+    }
+
+    #[test]
+    fn an_fp32_model_keeps_its_own_lookup() {
+        let ops = ops("tiny");
+        assert!(ops.iter().any(|o| o == "Gather") && !ops.iter().any(|o| o == "EmbedQ8" || o == "QLinear"));
+    }
 }

@@ -21,6 +21,7 @@ mod attention;
 mod cancel;
 mod chat;
 mod config;
+mod embed;
 mod error;
 mod generate;
 mod graph;

@@ -33,6 +33,30 @@ impl Q8Matrix {
         self.codes.len() + self.blocks.bytes()
     }
 
+    /// Row `j` as f32 (`code * scale + offset` per block) into `out` (`k` values).
+    pub fn dequantize_row(&self, j: usize, out: &mut [f32]) {
+        let k = self.blocks.k();
+        let (scales, offsets) = self.blocks.row(j);
+        for (b, (codes, out)) in
+            self.codes[j * k..][..k].chunks_exact(BLOCK).zip(out.chunks_exact_mut(BLOCK)).enumerate()
+        {
+            let offset = offsets.get(b).copied().unwrap_or(0.0);
+            for (o, &c) in out.iter_mut().zip(codes) {
+                *o = c as f32 * scales[b] + offset;
+            }
+        }
+    }
+
+    /// True when `table` (`[n, k]` uint8, code + 128) and `scales` (`[n, k / 32]`) hold exactly
+    /// this symmetric matrix.
+    pub fn equals_u8_table(&self, table: &[u8], scales: &[f32]) -> bool {
+        let (n, nb) = (self.blocks.n(), self.blocks.k() / BLOCK);
+        table.len() == self.codes.len()
+            && scales.len() == n * nb
+            && (0..n).all(|j| self.blocks.row(j) == (&scales[j * nb..][..nb], &[][..]))
+            && table.iter().zip(&self.codes).all(|(&t, &c)| t ^ 0x80 == c as u8)
+    }
+
     /// As [`crate::q4::Q4Matrix::matmul_rows`].
     pub fn matmul_rows(&self, x: &QuantizedRows, rows: std::ops::Range<usize>, y: &mut [f32], y_stride: usize) {
         let k = self.blocks.k();

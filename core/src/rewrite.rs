@@ -4,17 +4,20 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::{bail, ensure, TractErrorContext};
-use tract_onnx::tract_core::ops::array::Slice;
+use tract_onnx::tract_core::ops::array::{Gather, Slice};
+use tract_onnx::tract_core::ops::cast::Cast;
+use tract_onnx::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_core::ops::konst::Const;
 
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
-use tract_onnx::tract_core::ops::math::Add;
+use tract_onnx::tract_core::ops::math::{Add, Mul, Sub};
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer};
 
 use crate::attention::CachedAttention;
 use crate::config::ModelConfig;
-use crate::qlinear::QLinear;
+use crate::embed::EmbedQ8;
+use crate::qlinear::{QLinear, QWeight};
 use crate::rope::Rope;
 
 /// Replaces each rotary embedding named in `config.io.rope_outputs` by the fused [`Rope`] op.
@@ -152,6 +155,98 @@ pub fn untie_shared_constants(model: &mut TypedModel) -> TractResult<()> {
         }
     }
     model.prop_consts()
+}
+
+/// Replaces the 8-bit token lookup (`Gather` of a uint8 table, `Cast`, `Sub 128`, reshapes, `Mul`
+/// by the `Gather`ed block scales) with [`EmbedQ8`] reading the tied LM head's codes, when the
+/// table and its scales are exactly the head's. The table constant is then unused and dropped by
+/// the optimiser (−28 MB resident on the default model). Returns whether it did.
+pub fn share_embedding_table(model: &mut TypedModel) -> TractResult<bool> {
+    let heads: Vec<Arc<QWeight>> = model
+        .nodes()
+        .iter()
+        .filter_map(|n| n.op_as::<QLinear>())
+        .filter(|l| matches!(*l.weight, QWeight::Q8(_)))
+        .map(|l| l.weight.clone())
+        .collect();
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        if node.op_as::<Gather>().is_none_or(|g| g.axis != 0) {
+            continue;
+        }
+        let (ids, Some(table)) = (node.inputs[1], const_of(model, node.inputs[0])) else { continue };
+        if table.datum_type() != u8::datum_type() || table.rank() != 2 {
+            continue;
+        }
+        let (n, k) = (table.shape()[0], table.shape()[1]);
+        let Some(scales) = gathered_scales(model, id, n, k) else { continue };
+        let Some(end) = lookup_end(model, id) else { continue };
+        let fact = model.outlet_fact(end.into())?;
+        let mut want = model.outlet_fact(ids)?.shape.to_tvec();
+        want.push(k.to_dim());
+        if fact.datum_type != f32::datum_type() || fact.shape.to_tvec() != want {
+            continue;
+        }
+        let (bytes, scales) = (table.try_as_plain_ram()?, scales.try_as_plain_ram()?);
+        let (bytes, scales): (&[u8], &[f32]) = (bytes.as_slice()?, scales.as_slice()?);
+        let Some(head) = heads.iter().find(|w| match &***w {
+            QWeight::Q8(m) => m.equals_u8_table(bytes, scales),
+            QWeight::Q4(_) => false,
+        }) else {
+            continue;
+        };
+        let mut patch = TypedModelPatch::new("share the embedding table with the LM head");
+        let tapped = patch.tap_model(model, ids)?;
+        let rows = patch.wire_node(format!("{}.embed_q8", node.name), EmbedQ8 { table: head.clone() }, &[tapped])?[0];
+        patch.shunt_outside(model, end.into(), rows)?;
+        patch.apply(model)?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+fn const_of(model: &TypedModel, outlet: OutletId) -> Option<Arc<Tensor>> {
+    model.node(outlet.node).op_as::<Const>().map(|c| c.val().clone())
+}
+
+/// The f32 `[n, k / 32]` constant that another `Gather` (not `lookup`) takes rows of: the block
+/// scales of the lookup (its indices come from the same token ids, through their own copy).
+fn gathered_scales(model: &TypedModel, lookup: usize, n: usize, k: usize) -> Option<Arc<Tensor>> {
+    model.nodes().iter().find_map(|node| {
+        (node.id != lookup && node.op_as::<Gather>().is_some_and(|g| g.axis == 0)).then_some(())?;
+        let scales = const_of(model, node.inputs[0])?;
+        (scales.datum_type() == f32::datum_type() && scales.shape() == [n, k / crate::qblock::BLOCK]).then_some(scales)
+    })
+}
+
+/// The last node of the lookup chain from `gather`: each link has one consumer and is a `Cast`, an
+/// axis change, a `Sub` of the constant 128 or a `Mul` (by the scales); the chain ends where
+/// several nodes read the result (the first layer). `None` if the chain is anything else.
+fn lookup_end(model: &TypedModel, gather: usize) -> Option<usize> {
+    let mut end = gather;
+    let mut links = 0;
+    loop {
+        let successors = &model.node(end).outputs[0].successors;
+        if successors.len() != 1 {
+            return (links >= 3).then_some(end);
+        }
+        let next = model.node(successors[0].node);
+        let ok = next.op_is::<Cast>()
+            || next.op_is::<AxisOp>()
+            || next.op_as::<TypedBinOp>().is_some_and(|op| {
+                (op.0.is::<Sub>() && next.inputs.iter().any(|&i| const_of(model, i).is_some_and(|c| is_128(&c))))
+                    || op.0.is::<Mul>()
+            });
+        if !ok || links > 8 {
+            return None;
+        }
+        end = next.id;
+        links += 1;
+    }
+}
+
+fn is_128(t: &Tensor) -> bool {
+    t.len() == 1 && t.cast_to_scalar::<f32>().is_ok_and(|v| v == 128.0)
 }
 
 /// Folds each asymmetric 4-bit linear's offset term into its [`QLinear`]. The converter writes

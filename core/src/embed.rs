@@ -1,0 +1,140 @@
+//! Token lookup in the tied 8-bit LM head: `EmbedQ8` dequantizes the looked-up rows straight from
+//! the head's codes, so the 8-bit table is held once (the ONNX graph holds it twice: a uint8
+//! constant for its `Gather` lookup and the LM head's `MatMulNBits` weight; ~28 MB each on the
+//! default model).
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+
+use crate::q8::Q8Matrix;
+
+/// `out[.., :] = W[id, :]` for token ids `[..]` (i64), `W` an `[n, k]` 8-bit matrix.
+#[derive(Clone, Debug)]
+pub struct EmbedQ8 {
+    /// The table, shared with the LM head's `QLinear`.
+    pub table: Arc<crate::qlinear::QWeight>,
+}
+
+impl EmbedQ8 {
+    fn matrix(&self) -> TractResult<&Q8Matrix> {
+        match &*self.table {
+            crate::qlinear::QWeight::Q8(m) => Ok(m),
+            crate::qlinear::QWeight::Q4(_) => bail!("EmbedQ8 needs an 8-bit table"),
+        }
+    }
+}
+
+impl PartialEq for EmbedQ8 {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.table, &other.table)
+    }
+}
+
+impl Eq for EmbedQ8 {}
+
+impl Hash for EmbedQ8 {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.table).hash(state)
+    }
+}
+
+impl Op for EmbedQ8 {
+    fn name(&self) -> StaticName {
+        "EmbedQ8".into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for EmbedQ8 {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let table = self.matrix()?;
+        let (n, k) = (table.blocks().n(), table.blocks().k());
+        let ids = inputs[0].cast_to::<i64>()?;
+        let ids = ids.try_as_plain_ram()?;
+        let ids: &[i64] = ids.as_slice()?;
+        let mut shape: TVec<usize> = inputs[0].shape().into();
+        shape.push(k);
+        let mut out = Tensor::zero::<f32>(&shape)?;
+        let mut view = out.to_plain_array_view_mut::<f32>()?;
+        let rows = view.as_slice_mut().context("fresh tensor is contiguous")?;
+        for (&id, row) in ids.iter().zip(rows.chunks_exact_mut(k)) {
+            ensure!((0..n as i64).contains(&id), "token id {id} outside the table ({n} rows)");
+            table.dequantize_row(id as usize, row);
+        }
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for EmbedQ8 {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let mut shape = inputs[0].shape.to_tvec();
+        shape.push(self.table.k().to_dim());
+        Ok(tvec!(f32::fact(shape)))
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::qblock::{Blocks, BLOCK};
+    use crate::qlinear::QWeight;
+
+    fn table() -> Arc<QWeight> {
+        let (n, k) = (5, 2 * BLOCK);
+        let codes: Vec<i8> = (0..n * k).map(|i| ((i * 37) % 255) as i8).collect();
+        let scales: Vec<f32> = (0..n * 2).map(|i| 0.5 + i as f32).collect();
+        Arc::new(QWeight::Q8(Q8Matrix::new(codes, Blocks::new(n, k, scales, None).unwrap()).unwrap()))
+    }
+
+    #[test]
+    fn looks_up_dequantized_rows_and_rejects_unknown_ids() {
+        let op = EmbedQ8 { table: table() };
+        let ids = Tensor::from_shape(&[1, 3], &[4i64, 0, 4]).unwrap();
+        let out = op.eval(&EvalContext::out_of_plan(), tvec![ids.into_tvalue()]).unwrap();
+        let out = out[0].to_plain_array_view::<f32>().unwrap();
+        assert_eq!(out.shape(), &[1, 3, 2 * BLOCK]);
+        let QWeight::Q8(m) = &*op.table else { unreachable!() };
+        let mut row = vec![0f32; 2 * BLOCK];
+        m.dequantize_row(4, &mut row);
+        // Row 4, element 33: code (4 * 64 + 33) * 37 % 255 as i8, block 1 scale 0.5 + 9.
+        let code = (((4 * 64 + 33) * 37) % 255) as u8 as i8;
+        assert_eq!(row[33], code as f32 * 9.5);
+        for (t, id) in [(0, 4), (1, 0), (2, 4)] {
+            m.dequantize_row(id, &mut row);
+            assert_eq!(out.slice(ndarray::s![0, t, ..]).to_vec(), row);
+        }
+        let bad = Tensor::from_shape(&[1, 1], &[5i64]).unwrap();
+        assert!(op.eval(&EvalContext::out_of_plan(), tvec![bad.into_tvalue()]).is_err());
+    }
+
+    #[test]
+    fn a_u8_table_matches_only_its_own_codes_and_scales() {
+        let t = table();
+        let QWeight::Q8(m) = &*t else { unreachable!() };
+        let n = m.blocks().n();
+        let mut bytes = vec![0u8; n * 2 * BLOCK];
+        let mut row = vec![0f32; 2 * BLOCK];
+        let scales: Vec<f32> = (0..n * 2).map(|i| 0.5 + i as f32).collect();
+        for j in 0..n {
+            m.dequantize_row(j, &mut row);
+            for (i, v) in row.iter().enumerate() {
+                bytes[j * 2 * BLOCK + i] = ((v / scales[j * 2 + i / BLOCK]).round() as i16 + 128) as u8;
+            }
+        }
+        assert!(m.equals_u8_table(&bytes, &scales));
+        bytes[7] ^= 1;
+        assert!(!m.equals_u8_table(&bytes, &scales));
+        bytes[7] ^= 1;
+        let mut other = scales.clone();
+        other[3] += 1.0;
+        assert!(!m.equals_u8_table(&bytes, &other));
+    }
+}
