@@ -143,15 +143,14 @@ struct PendingNBits {
 }
 
 impl PendingNBits {
-    fn weight(&self) -> TractResult<QWeight> {
-        let b = self.b.try_as_plain_ram()?;
-        let b: &[u8] = b.as_slice()?;
-        let blocks = self.blocks.clone();
+    /// The packed weight, made in place in the ONNX bytes' own memory when this op holds the only
+    /// reference to them (as after [`pack`]'s compaction), else in a copy.
+    fn into_weight(self) -> TractResult<QWeight> {
+        let b = Arc::try_unwrap(self.b).unwrap_or_else(|shared| (*shared).clone());
         let weight = if self.bits == 4 {
-            Q4Matrix::from_nbits(b, blocks).map(QWeight::Q4)
+            Q4Matrix::from_nbits(b, self.blocks).map(QWeight::Q4)
         } else {
-            let codes = b.iter().map(|&c| (c as i16 - 128) as i8).collect();
-            Q8Matrix::new(codes, blocks).map(QWeight::Q8)
+            Q8Matrix::from_nbits(b, self.blocks).map(QWeight::Q8)
         };
         weight.context("MatMulNBits: inconsistent sizes")
     }
@@ -205,9 +204,11 @@ pub fn pack(model: &mut TypedModel) -> TractResult<usize> {
     let ids: Vec<usize> = model.nodes().iter().filter(|n| n.op_is::<PendingNBits>()).map(|n| n.id).collect();
     for &id in &ids {
         let pending = model.node(id).op_as::<PendingNBits>().expect("filtered above").clone();
-        let linear = QLinear { weight: Arc::new(pending.weight()?) };
+        // Take the node's reference to the bytes away first, so that `pending` holds the last one
+        // and the weight is packed in place.
+        model.node_mut(id).op = Box::new(tract_onnx::tract_core::ops::dummy::Dummy);
+        let linear = QLinear { weight: Arc::new(pending.into_weight()?) };
         model.node_mut(id).op = Box::new(linear);
-        drop(pending); // the last reference to this layer's ONNX bytes
     }
     Ok(ids.len())
 }

@@ -6,27 +6,30 @@
 //! `y = Σ_b d_b · sx_b · Σ_i (code_i - 8) · q_i + o_b · Σ_i x_i`: each block's integer dot
 //! product is exact, only the float sums round.
 
-use crate::qblock::{Blocks, QuantizedRows, XRow, BLOCK};
+use tract_onnx::prelude::Tensor;
+
+use crate::qblock::{Blocks, Codes, QuantizedRows, XRow, BLOCK};
 
 /// A `[n, k]` 4-bit weight matrix (`k` a multiple of [`BLOCK`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Q4Matrix {
     /// `[n][k / 32][16]`: byte `j` of a block holds code `j` (low nibble) and code `j + 16`.
-    codes: Vec<u8>,
+    codes: Codes,
     blocks: Blocks,
 }
 
 impl Q4Matrix {
     /// From ONNX `MatMulNBits` 4-bit data (`[n][k / 32][16]` bytes, element `2i` in the low
-    /// nibble of byte `i`) and its block parameters, repacked block by block. Returns `None` if
-    /// the sizes disagree.
-    pub fn from_nbits(b: &[u8], blocks: Blocks) -> Option<Self> {
-        if b.len() != blocks.n() * blocks.k() / 2 {
+    /// nibble of byte `i`) and its block parameters, repacked block by block in place in `b`'s
+    /// memory. Returns `None` if the sizes disagree or `b` is not plain memory.
+    pub fn from_nbits(b: Tensor, blocks: Blocks) -> Option<Self> {
+        let mut codes = Codes::from_tensor(b)?;
+        if codes.len() != blocks.n() * blocks.k() / 2 {
             return None;
         }
-        let mut codes = vec![0u8; b.len()];
-        for (src, out) in b.chunks_exact(BLOCK / 2).zip(codes.chunks_exact_mut(BLOCK / 2)) {
-            for (j, out) in out.iter_mut().enumerate() {
+        for block in codes.bytes_mut().chunks_exact_mut(BLOCK / 2) {
+            let src: [u8; BLOCK / 2] = block.try_into().expect("chunks of BLOCK / 2");
+            for (j, out) in block.iter_mut().enumerate() {
                 let shift = 4 * (j % 2);
                 let (lo, hi) = ((src[j / 2] >> shift) & 0x0F, (src[8 + j / 2] >> shift) & 0x0F);
                 *out = lo | (hi << 4);
@@ -48,7 +51,7 @@ impl Q4Matrix {
                 out[j] = (block[j] & 0x0F) | (block[j + BLOCK / 2] << 4);
             }
         }
-        Some(Q4Matrix { codes: packed, blocks })
+        Some(Q4Matrix { codes: Codes::from_bytes(&packed), blocks })
     }
 
     /// Shape, scales and offsets.
@@ -70,10 +73,11 @@ impl Q4Matrix {
     /// activation row `r` of `x`; `y` is `[x.rows()][rows.len()]`, row-major, stride `y_stride`.
     pub fn matmul_rows(&self, x: &QuantizedRows, rows: std::ops::Range<usize>, y: &mut [f32], y_stride: usize) {
         let row_bytes = self.blocks.k() / 2;
+        let codes = self.codes.bytes();
         let row = |r: usize| x.row(r);
         let weight_row = |j: usize| {
             let (scales, offsets) = self.blocks.row(j);
-            WRow { codes: &self.codes[j * row_bytes..][..row_bytes], scales, offsets }
+            WRow { codes: &codes[j * row_bytes..][..row_bytes], scales, offsets }
         };
         // The kernel is chosen once for all weight rows.
         let kernel = dot_kernel();
@@ -425,7 +429,11 @@ mod tests {
         let offsets: Vec<f32> = (0..nb).map(|b| b as f32 * 0.01 - 0.05).collect();
         for j in 0..8 {
             let offsets = if j % 2 == 0 { &offsets[..] } else { &[][..] };
-            let w = WRow { codes: &w.codes[(j % 4) * nb * 16..][..nb * 16], scales: w.blocks.row(j % 4).0, offsets };
+            let w = WRow {
+                codes: &w.codes.bytes()[(j % 4) * nb * 16..][..nb * 16],
+                scales: w.blocks.row(j % 4).0,
+                offsets,
+            };
             let slow = dot_scalar(&w, &x);
             let magnitude = 1.0 + slow.abs();
             assert!((dot(&w, &x) - slow).abs() <= 1e-5 * magnitude, "{} vs {slow}", dot(&w, &x));
@@ -467,9 +475,10 @@ mod tests {
         let scales = vec![0.5; 6];
         let blocks = Blocks::new(3, 64, scales, None).unwrap();
         let a = Q4Matrix::new(&codes, blocks.clone()).unwrap();
-        let b = Q4Matrix::from_nbits(&onnx, blocks.clone()).unwrap();
+        let tensor = |bytes: &[u8]| Tensor::from_shape(&[bytes.len()], bytes).unwrap();
+        let b = Q4Matrix::from_nbits(tensor(&onnx), blocks.clone()).unwrap();
         assert_eq!(a, b);
-        assert!(Q4Matrix::from_nbits(&onnx[1..], blocks).is_none());
+        assert!(Q4Matrix::from_nbits(tensor(&onnx[1..]), blocks).is_none());
     }
 
     #[test]

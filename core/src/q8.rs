@@ -2,20 +2,35 @@
 //! optional offsets in [`Blocks`]) and their int8-activation dot products: the LM head
 //! and embedding precision of llama.cpp's GGUF files (Q8_0), and the 8-bit model variant.
 
-use crate::qblock::{Blocks, QuantizedRows, XRow, BLOCK};
+use tract_onnx::prelude::Tensor;
+
+use crate::qblock::{Blocks, Codes, QuantizedRows, XRow, BLOCK};
 
 /// A `[n, k]` 8-bit weight matrix (`k` a multiple of [`BLOCK`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Q8Matrix {
     /// `[n][k]` signed codes.
-    codes: Vec<i8>,
+    codes: Codes,
     blocks: Blocks,
 }
 
 impl Q8Matrix {
     /// From signed codes `[n * k]` and block parameters; `None` if the sizes disagree.
+    #[cfg(test)]
     pub fn new(codes: Vec<i8>, blocks: Blocks) -> Option<Self> {
-        (codes.len() == blocks.n() * blocks.k()).then_some(Q8Matrix { codes, blocks })
+        let bytes: Vec<u8> = codes.iter().map(|&c| c as u8).collect();
+        (codes.len() == blocks.n() * blocks.k()).then(|| Q8Matrix { codes: Codes::from_bytes(&bytes), blocks })
+    }
+
+    /// From ONNX `MatMulNBits` 8-bit data (`[n * k]` unsigned codes, zero point 128), turned
+    /// into signed codes in place in `b`'s memory; `None` if the sizes disagree.
+    pub fn from_nbits(b: Tensor, blocks: Blocks) -> Option<Self> {
+        let mut codes = Codes::from_tensor(b)?;
+        if codes.len() != blocks.n() * blocks.k() {
+            return None;
+        }
+        codes.bytes_mut().iter_mut().for_each(|c| *c ^= 0x80); // u8 - 128 as i8
+        Some(Q8Matrix { codes, blocks })
     }
 
     /// Shape, scales and offsets.
@@ -38,7 +53,7 @@ impl Q8Matrix {
         let k = self.blocks.k();
         let (scales, offsets) = self.blocks.row(j);
         for (b, (codes, out)) in
-            self.codes[j * k..][..k].chunks_exact(BLOCK).zip(out.chunks_exact_mut(BLOCK)).enumerate()
+            self.codes.signed()[j * k..][..k].chunks_exact(BLOCK).zip(out.chunks_exact_mut(BLOCK)).enumerate()
         {
             let offset = offsets.get(b).copied().unwrap_or(0.0);
             for (o, &c) in out.iter_mut().zip(codes) {
@@ -54,9 +69,9 @@ impl Q8Matrix {
         table.len() == self.codes.len()
             && scales.len() == n * nb
             && (0..n).all(|j| self.blocks.row(j) == (&scales[j * nb..][..nb], &[][..]))
-            && table.chunks(4096).zip(self.codes.chunks(4096)).all(|(t, c)| {
+            && table.chunks(4096).zip(self.codes.bytes().chunks(4096)).all(|(t, c)| {
                 // Chunked so the comparison vectorizes (28 MB on the default model: ~2 ms, not 9).
-                t.iter().zip(c).fold(0u8, |acc, (&t, &c)| acc | (t ^ 0x80 ^ c as u8)) == 0
+                t.iter().zip(c).fold(0u8, |acc, (&t, &c)| acc | (t ^ 0x80 ^ c)) == 0
             })
     }
 
@@ -64,9 +79,10 @@ impl Q8Matrix {
     pub fn matmul_rows(&self, x: &QuantizedRows, rows: std::ops::Range<usize>, y: &mut [f32], y_stride: usize) {
         let k = self.blocks.k();
         let kernel = dot_kernel();
+        let codes = self.codes.signed();
         for (jj, j) in rows.enumerate() {
             let (scales, offsets) = self.blocks.row(j);
-            let w = WRow8 { codes: &self.codes[j * k..][..k], scales, offsets };
+            let w = WRow8 { codes: &codes[j * k..][..k], scales, offsets };
             for r in 0..x.rows() {
                 // SAFETY: `dot_kernel` returns only kernels whose CPU features are present.
                 y[r * y_stride + jj] = unsafe { kernel(&w, &x.row(r)) };

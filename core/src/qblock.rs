@@ -4,11 +4,54 @@
 //! (`scale = amax / 127`, `q = round_half_even(x * (127 / amax))`): the integer products of a
 //! block are then the ones onnxruntime computes.
 
+use tract_onnx::prelude::Tensor;
+
 /// Values per block.
 pub const BLOCK: usize = 32;
 
 /// The shape of an `[n, k]` block-quantized matrix and its per-block scales and offsets
 /// (`[n][k / 32]` each; offsets only when the weight is asymmetric).
+/// The bytes of a quantized matrix's codes, held in a tract tensor so that a weight imported from
+/// ONNX can be repacked in place in the tensor that holds its file bytes (no second copy at load).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Codes(Tensor);
+
+impl Codes {
+    /// Takes `t`'s bytes (any shape, `u8` data); `None` if `t` is not plain memory.
+    pub fn from_tensor(mut t: Tensor) -> Option<Self> {
+        t.try_as_plain_ram_mut().ok()?;
+        Some(Codes(t))
+    }
+
+    /// A copy of `bytes`.
+    #[cfg(test)]
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        Codes(Tensor::from_shape(&[bytes.len()], bytes).expect("1-D shape of its own length"))
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    /// The bytes, mutable.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        self.0.as_bytes_mut()
+    }
+
+    /// The bytes as signed codes.
+    pub fn signed(&self) -> &[i8] {
+        let b = self.bytes();
+        // SAFETY: i8 and u8 have the same size, alignment and validity.
+        unsafe { std::slice::from_raw_parts(b.as_ptr() as *const i8, b.len()) }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes().len()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Blocks {
     n: usize,
