@@ -80,12 +80,13 @@ impl Q8Matrix {
         let k = self.blocks.k();
         let kernel = dot_kernel();
         let codes = self.codes.signed();
+        let xs: Vec<XRow> = (0..x.rows()).map(|r| x.row(r)).collect();
         for (jj, j) in rows.enumerate() {
             let (scales, offsets) = self.blocks.row(j);
             let w = WRow8 { codes: &codes[j * k..][..k], scales, offsets };
-            for r in 0..x.rows() {
+            for (r, xr) in xs.iter().enumerate() {
                 // SAFETY: `dot_kernel` returns only kernels whose CPU features are present.
-                y[r * y_stride + jj] = unsafe { kernel(&w, &x.row(r)) };
+                y[r * y_stride + jj] = unsafe { kernel(&w, xr) };
             }
         }
     }
