@@ -80,8 +80,13 @@ fn main() -> Result<()> {
     }
 }
 
+/// The workspace root. Read at run time (`cargo run` sets `CARGO_MANIFEST_DIR`): a binary reused
+/// from a target directory shared by several checkouts would otherwise carry another checkout's
+/// compile-time path.
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    let xtask = manifest.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    xtask.parent().expect("xtask sits in the workspace").to_path_buf()
 }
 
 fn target_dir() -> PathBuf {
