@@ -227,7 +227,7 @@ pub unsafe extern "C" fn pocketlm_generate(
                 f(c.as_ptr(), piece.len(), user_data);
             }
         };
-        model.0.answer(prompt, &params, &token, &mut emit).map(Completion::from)
+        model.0.answer(prompt, &params.to_core()?, &token, &mut emit).map(Completion::from)
     });
     match result {
         Ok(done) => {

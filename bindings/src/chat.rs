@@ -2,11 +2,11 @@
 
 use std::sync::{Arc, Mutex, TryLockError};
 
-use pocketlm::{CancelToken, Chat, Session};
+use pocketlm::{CancelToken, Chat, GenerateParams, Session};
 
-use crate::error::{guarded, PocketError};
+use crate::error::PocketError;
 use crate::records::{ChatMessage, Completion, GenerationParams};
-use crate::stream::{spawn, GenerationHandle, GenerationListener};
+use crate::stream::{run_blocking, spawn, GenerationHandle, GenerationListener};
 
 /// A conversation. One reply at a time: sending while a reply is running is `InvalidState`.
 /// A failed or cancelled turn leaves the conversation as it was (a cancelled reply is kept as
@@ -24,11 +24,10 @@ impl ChatSession {
     fn turn(
         &self,
         message: &str,
-        params: &GenerationParams,
+        params: &GenerateParams,
         cancel: &CancelToken,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<pocketlm::Completion, PocketError> {
-        let params = params.to_core()?;
         let mut chat = match self.chat.try_lock() {
             Ok(chat) => chat,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
@@ -36,7 +35,7 @@ impl ChatSession {
                 return Err(PocketError::InvalidState { reason: "this chat is already replying".into() })
             }
         };
-        Ok(chat.send(message, &params, cancel, on_text)?)
+        Ok(chat.send(message, params, cancel, on_text)?)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Chat> {
@@ -49,7 +48,8 @@ impl ChatSession {
     /// Sends a user message and returns the assistant's reply, blocking until done. Only the new
     /// tokens are evaluated: earlier turns stay in the cache.
     pub fn send(&self, message: String, params: GenerationParams) -> Result<Completion, PocketError> {
-        guarded(|| self.turn(&message, &params, &CancelToken::new(), &mut |_| {}).map(Into::into))
+        let params = params.to_core()?;
+        run_blocking(|cancel, on_text| self.turn(&message, &params, cancel, on_text))
     }
 
     /// As `send`, streaming the reply to `listener` on a pocketlm thread.
@@ -59,7 +59,7 @@ impl ChatSession {
         params: GenerationParams,
         listener: Arc<dyn GenerationListener>,
     ) -> Result<Arc<GenerationHandle>, PocketError> {
-        params.to_core()?;
+        let params = params.to_core()?;
         spawn(listener, move |cancel, on_text| self.turn(&message, &params, cancel, on_text))
     }
 

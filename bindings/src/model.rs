@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use pocketlm::{CancelToken, Message, Model, ModelOptions, Role, Session, SessionOptions};
+use pocketlm::{CancelToken, GenerateParams, Message, Model, ModelOptions, Role, Session, SessionOptions};
 
 use crate::chat::ChatSession;
 use crate::error::{guarded, PocketError};
 use crate::records::{Completion, GenerationParams, LoadOptions, ModelInfo};
-use crate::stream::{spawn, GenerationHandle, GenerationListener};
+use crate::stream::{run_blocking, spawn, GenerationHandle, GenerationListener};
 
 /// A loaded, verified model. Thread-safe: share one per app; every call runs on its own session.
 #[derive(uniffi::Object)]
@@ -63,7 +63,8 @@ impl PocketModel {
 
     /// Answers one user `prompt` (formatted with the model's chat template), blocking until done.
     pub fn generate(&self, prompt: String, params: GenerationParams) -> Result<Completion, PocketError> {
-        guarded(|| self.answer(&prompt, &params, &CancelToken::new(), &mut |_| {}).map(Into::into))
+        let params = params.to_core()?;
+        run_blocking(|cancel, on_text| self.answer(&prompt, &params, cancel, on_text))
     }
 
     /// As `generate`, streaming the answer to `listener` on a pocketlm thread.
@@ -73,14 +74,15 @@ impl PocketModel {
         params: GenerationParams,
         listener: Arc<dyn GenerationListener>,
     ) -> Result<Arc<GenerationHandle>, PocketError> {
-        params.to_core()?;
+        let params = params.to_core()?;
         spawn(listener, move |cancel, on_text| self.answer(&prompt, &params, cancel, on_text))
     }
 
     /// Summarises `text` in a few sentences, blocking until done. The text and the summary must
     /// fit the context together, else `ContextOverflow`.
     pub fn summarize(&self, text: String, params: GenerationParams) -> Result<Completion, PocketError> {
-        guarded(|| self.summary(&text, &params, &CancelToken::new(), &mut |_| {}).map(Into::into))
+        let params = params.to_core()?;
+        run_blocking(|cancel, on_text| self.summary(&text, &params, cancel, on_text))
     }
 
     /// As `summarize`, streaming the summary to `listener` on a pocketlm thread.
@@ -90,7 +92,7 @@ impl PocketModel {
         params: GenerationParams,
         listener: Arc<dyn GenerationListener>,
     ) -> Result<Arc<GenerationHandle>, PocketError> {
-        params.to_core()?;
+        let params = params.to_core()?;
         spawn(listener, move |cancel, on_text| self.summary(&text, &params, cancel, on_text))
     }
 
@@ -109,25 +111,23 @@ impl PocketModel {
     pub(crate) fn answer(
         &self,
         prompt: &str,
-        params: &GenerationParams,
+        params: &GenerateParams,
         cancel: &CancelToken,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<pocketlm::Completion, PocketError> {
-        let params = params.to_core()?;
         let text = self.model.chat_template().render(&[Message::new(Role::User, prompt)], true)?;
         let ids = self.model.tokenizer().encode(&text)?;
         let mut session = self.session()?;
-        Ok(pocketlm::generate(&mut session, &ids, &params, cancel, on_text)?)
+        Ok(pocketlm::generate(&mut session, &ids, params, cancel, on_text)?)
     }
 
     fn summary(
         &self,
         text: &str,
-        params: &GenerationParams,
+        params: &GenerateParams,
         cancel: &CancelToken,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<pocketlm::Completion, PocketError> {
-        let params = params.to_core()?;
-        Ok(pocketlm::summarize(&mut self.session()?, text, &params, cancel, on_text)?)
+        Ok(pocketlm::summarize(&mut self.session()?, text, params, cancel, on_text)?)
     }
 }

@@ -82,10 +82,7 @@ impl GenerationParams {
             },
             stop: self.stop.clone(),
         };
-        params.sampling.validate()?;
-        if params.max_tokens == 0 {
-            return Err(PocketError::input("max_tokens must be at least 1"));
-        }
+        params.validate()?;
         Ok(params)
     }
 }

@@ -1,4 +1,5 @@
-//! Streaming: a listener the app implements, and a handle that cancels the work when asked or
+//! How a generation job runs: blocking on the caller's thread ([`run_blocking`]), or streamed
+//! ([`spawn`]) to a listener the app implements, with a handle that cancels the work when asked or
 //! dropped (so an abandoned stream never keeps a core busy).
 //!
 //! Each stream runs on its own thread: listener calls never run on the caller's thread.
@@ -58,6 +59,14 @@ impl Drop for GenerationHandle {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
+}
+
+/// Runs a generation `job` (given a cancel token and a text sink) here, to its end: nothing
+/// streamed, never cancelled, a panic becoming `Internal`.
+pub(crate) fn run_blocking(
+    job: impl FnOnce(&CancelToken, &mut dyn FnMut(&str)) -> Result<pocketlm::Completion, PocketError>,
+) -> Result<Completion, PocketError> {
+    guarded(|| job(&CancelToken::new(), &mut |_| {}).map(Into::into))
 }
 
 /// Runs `job` on a new thread, streaming its text to `listener` and ending with exactly one of

@@ -28,6 +28,18 @@ impl Default for GenerateParams {
     }
 }
 
+impl GenerateParams {
+    /// Rejects out-of-range values with [`Error::InvalidParameter`]: what [`generate`] checks
+    /// before it evaluates anything, for callers that must fail before starting (e.g. streams).
+    pub fn validate(&self) -> Result<()> {
+        if self.max_tokens == 0 {
+            return Err(Error::param("max_tokens", "must be at least 1"));
+        }
+        self.sampling.validate()?;
+        StopMatcher::new(&self.stop).map(drop)
+    }
+}
+
 /// Why generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -87,9 +99,7 @@ pub fn generate(
     cancel: &CancelToken,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Completion> {
-    if params.max_tokens == 0 {
-        return Err(Error::param("max_tokens", "must be at least 1"));
-    }
+    params.validate()?;
     let mut sampler = Sampler::new(&params.sampling)?;
     let mut stops = StopMatcher::new(&params.stop)?;
     let started = Instant::now();
