@@ -8,7 +8,7 @@
 
 use tract_onnx::prelude::Tensor;
 
-use crate::qblock::{Blocks, Codes, QuantizedRows, XRow, BLOCK};
+use crate::qblock::{Blocks, Codes, Isa, QuantizedRows, XRow, BLOCK};
 
 /// A `[n, k]` 4-bit weight matrix (`k` a multiple of [`BLOCK`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -131,49 +131,22 @@ type DotKernel = unsafe fn(&WRow, &XRow) -> f32;
 
 /// Name of the 4-bit kernel [`dot_kernel`] picks on this CPU (for logs and benchmarks).
 pub fn kernel_name() -> &'static str {
-    let kernel = dot_kernel() as usize;
-    #[cfg(target_arch = "x86_64")]
-    {
-        if kernel == dot_vnni as DotKernel as usize {
-            return "x86_64 AVX-VNNI";
-        }
-        if kernel == dot_avx2 as DotKernel as usize {
-            return "x86_64 AVX2+FMA";
-        }
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        if kernel == dot_neon_dotprod as DotKernel as usize {
-            return "aarch64 NEON dotprod (sdot)";
-        }
-        if kernel == dot_neon as DotKernel as usize {
-            return "aarch64 NEON";
-        }
-    }
-    let _ = kernel;
-    "scalar"
+    Isa::detect().name()
 }
 
 /// The fastest [`dot`] kernel this CPU runs (safe to call here).
 fn dot_kernel() -> DotKernel {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avxvnni") && std::is_x86_feature_detected!("fma") {
-            return dot_vnni;
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return dot_avx2;
-        }
+    match Isa::detect() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::AvxVnni => dot_vnni,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => dot_avx2,
+        #[cfg(target_arch = "aarch64")]
+        Isa::NeonDotprod => dot_neon_dotprod,
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => dot_neon,
+        _ => dot_scalar,
     }
-    #[cfg(target_arch = "aarch64")]
-    {
-        if std::arch::is_aarch64_feature_detected!("dotprod") {
-            return dot_neon_dotprod;
-        }
-        return dot_neon;
-    }
-    #[allow(unreachable_code)]
-    dot_scalar
 }
 
 /// [`dot`] for four activation rows at once (the weight row is unpacked once).

@@ -4,7 +4,7 @@
 
 use tract_onnx::prelude::Tensor;
 
-use crate::qblock::{Blocks, Codes, QuantizedRows, XRow, BLOCK};
+use crate::qblock::{Blocks, Codes, Isa, QuantizedRows, XRow, BLOCK};
 
 /// A `[n, k]` 8-bit weight matrix (`k` a multiple of [`BLOCK`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -101,40 +101,29 @@ struct WRow8<'a> {
 
 type DotKernel = unsafe fn(&WRow8, &XRow) -> f32;
 
+/// The level the 8-bit kernels use: there is no `sdot` 8-bit kernel, plain NEON serves those CPUs.
+fn isa() -> Isa {
+    match Isa::detect() {
+        Isa::NeonDotprod => Isa::Neon,
+        isa => isa,
+    }
+}
+
 /// Name of the 8-bit kernel this CPU runs.
 pub fn kernel_name() -> &'static str {
-    let kernel = dot_kernel() as usize;
-    #[cfg(target_arch = "x86_64")]
-    {
-        if kernel == dot_vnni as DotKernel as usize {
-            return "x86_64 AVX-VNNI";
-        }
-        if kernel == dot_avx2 as DotKernel as usize {
-            return "x86_64 AVX2+FMA";
-        }
-    }
-    #[cfg(target_arch = "aarch64")]
-    if kernel == dot_neon as DotKernel as usize {
-        return "aarch64 NEON";
-    }
-    let _ = kernel;
-    "scalar"
+    isa().name()
 }
 
 fn dot_kernel() -> DotKernel {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avxvnni") && std::is_x86_feature_detected!("fma") {
-            return dot_vnni;
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return dot_avx2;
-        }
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::AvxVnni => dot_vnni,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => dot_avx2,
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => dot_neon,
+        _ => dot_scalar,
     }
-    #[cfg(target_arch = "aarch64")]
-    return dot_neon;
-    #[allow(unreachable_code)]
-    dot_scalar
 }
 
 fn offsets_dot(w: &WRow8, x: &XRow) -> f32 {

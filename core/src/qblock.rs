@@ -11,6 +11,59 @@ pub const BLOCK: usize = 32;
 
 /// The shape of an `[n, k]` block-quantized matrix and its per-block scales and offsets
 /// (`[n][k / 32]` each; offsets only when the weight is asymmetric).
+/// The integer dot-product instructions this CPU offers, best first: the 4- and 8-bit kernels are
+/// chosen from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // each architecture constructs only its own variants
+pub enum Isa {
+    /// x86-64 AVX-VNNI (`vpdpbusd`) with FMA.
+    AvxVnni,
+    /// x86-64 AVX2 with FMA.
+    Avx2,
+    /// aarch64 NEON with the dot-product extension (`sdot`).
+    NeonDotprod,
+    /// aarch64 NEON.
+    Neon,
+    /// Portable Rust.
+    Scalar,
+}
+
+impl Isa {
+    /// The best level this CPU runs.
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let fma = std::is_x86_feature_detected!("fma");
+            if fma && std::is_x86_feature_detected!("avxvnni") {
+                return Isa::AvxVnni;
+            }
+            if fma && std::is_x86_feature_detected!("avx2") {
+                return Isa::Avx2;
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if std::arch::is_aarch64_feature_detected!("dotprod") {
+                return Isa::NeonDotprod;
+            }
+            return Isa::Neon;
+        }
+        #[allow(unreachable_code)]
+        Isa::Scalar
+    }
+
+    /// Name for logs and benchmarks.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::AvxVnni => "x86_64 AVX-VNNI",
+            Isa::Avx2 => "x86_64 AVX2+FMA",
+            Isa::NeonDotprod => "aarch64 NEON dotprod (sdot)",
+            Isa::Neon => "aarch64 NEON",
+            Isa::Scalar => "scalar",
+        }
+    }
+}
+
 /// The bytes of a quantized matrix's codes, held in a tract tensor so that a weight imported from
 /// ONNX can be repacked in place in the tensor that holds its file bytes (no second copy at load).
 #[derive(Debug, Clone, PartialEq)]
