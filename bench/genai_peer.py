@@ -8,7 +8,6 @@ links the model's files (the model directory itself is left untouched), from con
 graph has no attention_mask input (the causal mask comes from position_ids), which genai accepts.
 Greedy: genai's own search picks argmax; the time includes it, as pocketlm's does.
 """
-import argparse
 import json
 import os
 import sys
@@ -20,7 +19,7 @@ import onnxruntime_genai as og
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from peer import time_greedy  # noqa: E402
+from peer import model_config, parse_args, time_greedy  # noqa: E402
 
 
 def genai_config(config, threads, max_length):
@@ -48,15 +47,8 @@ def genai_config(config, threads, max_length):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--threads", type=int, required=True)
-    ap.add_argument("--prompt-ids", required=True)
-    ap.add_argument("--gen-tokens", type=int, default=128)
-    args = ap.parse_args()
-    with open(os.path.join(args.model, "config.json"), encoding="utf-8") as f:
-        config = json.load(f)
-    prompt = [int(x) for x in args.prompt_ids.split(",")]
+    args, prompt = parse_args(__doc__)
+    config = model_config(args.model)
     max_length = len(prompt) + args.gen_tokens + 8
     with tempfile.TemporaryDirectory() as tmp:
         for name in config["files"]:

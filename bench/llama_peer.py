@@ -4,13 +4,12 @@ one JSON line). Needs a Python with `llama-cpp-python` (built from source by pip
 
     python bench/llama_peer.py --gguf FILE --threads N --prompt-ids 1,2,3 --gen-tokens 128
 """
-import argparse
 import time
 
 import numpy as np
 from llama_cpp import Llama
 
-from peer import time_greedy
+from peer import parse_args, time_greedy
 
 
 def last_argmax(llm):
@@ -21,14 +20,7 @@ def last_argmax(llm):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--gguf", required=True)
-    ap.add_argument("--threads", type=int, required=True)
-    ap.add_argument("--prompt-ids", required=True)
-    ap.add_argument("--gen-tokens", type=int, default=128)
-    ap.add_argument("--context", type=int, default=2048)
-    args = ap.parse_args()
-    prompt = [int(x) for x in args.prompt_ids.split(",")]
+    args, prompt = parse_args(__doc__, "--gguf", [("--context", {"type": int, "default": 2048})])
     t = time.perf_counter()
     llm = Llama(model_path=args.gguf, n_ctx=args.context, n_batch=512, n_threads=args.threads,
                 n_threads_batch=args.threads, verbose=False, logits_all=False)

@@ -3,8 +3,6 @@
 
     python bench/ort_peer.py --model DIR --threads N --prompt-ids 1,2,3 --gen-tokens 128
 """
-import argparse
-import json
 import os
 import sys
 import time
@@ -14,19 +12,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 import oracle  # noqa: E402
-from peer import time_greedy  # noqa: E402
+from peer import model_config, parse_args, time_greedy  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--threads", type=int, required=True)
-    ap.add_argument("--prompt-ids", required=True)
-    ap.add_argument("--gen-tokens", type=int, default=128)
-    args = ap.parse_args()
-    with open(os.path.join(args.model, "config.json"), encoding="utf-8") as f:
-        config = json.load(f)
-    prompt = [int(x) for x in args.prompt_ids.split(",")]
+    args, prompt = parse_args(__doc__)
+    config = model_config(args.model)
     t = time.perf_counter()
     sess = oracle.session(args.model, args.threads)
     load_ms = (time.perf_counter() - t) * 1e3

@@ -1,7 +1,30 @@
-"""What the peer runners share: greedy prefill + decode timing and the JSON line compare.py reads."""
+"""What the peer runners share: their command line, greedy prefill + decode timing and the JSON
+line compare.py reads."""
+import argparse
 import json
+import os
 import resource
 import time
+
+
+def parse_args(doc, model_flag="--model", extra=()):
+    """The common peer command line (`model_flag PATH --threads N --prompt-ids 1,2,3 --gen-tokens
+    128`, plus `extra` (flag, kwargs) pairs); returns (args, prompt ids)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument(model_flag, required=True)
+    ap.add_argument("--threads", type=int, required=True)
+    ap.add_argument("--prompt-ids", required=True)
+    ap.add_argument("--gen-tokens", type=int, default=128)
+    for flag, kwargs in extra:
+        ap.add_argument(flag, **kwargs)
+    args = ap.parse_args()
+    return args, [int(x) for x in args.prompt_ids.split(",")]
+
+
+def model_config(model_dir):
+    """A pocketlm model directory's config.json."""
+    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+        return json.load(f)
 
 
 def time_greedy(runtime, threads, load_ms, prompt, gen_tokens, prefill, step):
