@@ -3,13 +3,13 @@
 //! constant for its `Gather` lookup and the LM head's `MatMulNBits` weight; ~28 MB each on the
 //! default model).
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
 use crate::q8::Q8Matrix;
+use crate::qlinear::identity_by_arc;
 
 /// `out[.., :] = W[id, :]` for token ids `[..]` (i64), `W` an `[n, k]` 8-bit matrix.
 #[derive(Clone, Debug)]
@@ -27,19 +27,7 @@ impl EmbedQ8 {
     }
 }
 
-impl PartialEq for EmbedQ8 {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.table, &other.table)
-    }
-}
-
-impl Eq for EmbedQ8 {}
-
-impl Hash for EmbedQ8 {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        Arc::as_ptr(&self.table).hash(state)
-    }
-}
+identity_by_arc!(EmbedQ8, table);
 
 impl Op for EmbedQ8 {
     fn name(&self) -> StaticName {

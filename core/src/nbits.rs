@@ -26,7 +26,7 @@ use tract_onnx::Onnx;
 use crate::q4::Q4Matrix;
 use crate::q8::Q8Matrix;
 use crate::qblock::{Blocks, BLOCK};
-use crate::qlinear::{QLinear, QWeight};
+use crate::qlinear::{identity_by_arc, QLinear, QWeight};
 
 /// Makes `onnx` import `MatMulNBits` with this module.
 pub fn register(onnx: &mut Onnx) {
@@ -156,19 +156,7 @@ impl PendingNBits {
     }
 }
 
-impl PartialEq for PendingNBits {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.b, &other.b)
-    }
-}
-
-impl Eq for PendingNBits {}
-
-impl std::hash::Hash for PendingNBits {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        Arc::as_ptr(&self.b).hash(state)
-    }
-}
+identity_by_arc!(PendingNBits, b);
 
 impl Op for PendingNBits {
     fn name(&self) -> StaticName {

@@ -1,7 +1,6 @@
 //! `QLinear`: `y = x · Wᵀ` with a 4- or 8-bit block weight ([`QWeight`]) and int8 activations,
 //! the tract op that ONNX `MatMulNBits` nodes become (see `nbits.rs`).
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use tract_linalg::multithread::{current_tract_executor, Executor};
@@ -87,19 +86,28 @@ pub struct QLinear {
     pub weight: Arc<QWeight>,
 }
 
-impl PartialEq for QLinear {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.weight, &other.weight)
-    }
-}
+/// Implements `PartialEq`, `Eq` and `Hash` for an op by the identity of one of its `Arc` fields:
+/// ops holding large weights compare by which weight they hold, never by its bytes.
+macro_rules! identity_by_arc {
+    ($op:ty, $field:ident) => {
+        impl PartialEq for $op {
+            fn eq(&self, other: &Self) -> bool {
+                std::sync::Arc::ptr_eq(&self.$field, &other.$field)
+            }
+        }
 
-impl Eq for QLinear {}
+        impl Eq for $op {}
 
-impl Hash for QLinear {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        Arc::as_ptr(&self.weight).hash(state)
-    }
+        impl std::hash::Hash for $op {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                std::sync::Arc::as_ptr(&self.$field).hash(state)
+            }
+        }
+    };
 }
+pub(crate) use identity_by_arc;
+
+identity_by_arc!(QLinear, weight);
 
 impl Op for QLinear {
     fn name(&self) -> StaticName {
