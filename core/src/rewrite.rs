@@ -261,24 +261,25 @@ pub fn fuse_block_offsets(model: &mut TypedModel) -> TractResult<usize> {
         }
         let Some((linear, offsets)) = [0, 1].iter().find_map(|&i| {
             let (a, b) = (node.inputs[i], node.inputs[1 - i]);
-            let linear = model.node(a.node).op_as::<QLinear>()?;
+            model.node(a.node).op_as::<QLinear>()?;
             let x = model.node(a.node).inputs[0];
-            Some((linear.clone(), block_offsets(model, b, x)?))
+            Some((a, block_offsets(model, b, x)?))
         }) else {
             continue;
         };
-        let mut weight = (*linear.weight).clone();
+        if model.outlet_successors(linear).len() != 1 {
+            continue; // another node reads the product without the offsets
+        }
+        let op = model.node_mut(linear.node).op_as_mut::<QLinear>().expect("found above");
+        // The weight is changed where it is (copied only if another op shares it).
+        let weight = Arc::make_mut(&mut op.weight);
         let (n, blocks) = (weight.n(), weight.k() / crate::qblock::BLOCK);
         ensure!(offsets.shape() == [blocks, n], "offsets {:?} for a {n}x{} weight", offsets.shape(), weight.k());
         let view = offsets.to_plain_array_view::<f32>()?;
         let per_row: Vec<f32> = (0..n * blocks).map(|i| view[[i % blocks, i / blocks]]).collect();
         weight.blocks_mut().add_offsets(&per_row).context("offset count")?;
-        let x = model
-            .node(node.inputs.iter().find(|o| model.node(o.node).op_is::<QLinear>()).expect("found").node)
-            .inputs[0];
         let mut patch = TypedModelPatch::new("fuse block offsets");
-        let input = patch.tap_model(model, x)?;
-        let wire = patch.wire_node(format!("{}.fused", node.name), QLinear { weight: Arc::new(weight) }, &[input])?[0];
+        let wire = patch.tap_model(model, linear)?;
         patch.shunt_outside(model, id.into(), wire)?;
         patch.apply(model)?;
         fused += 1;
