@@ -57,6 +57,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.prompt_tokens > 0 && args.gen_tokens > 0, "--prompt-tokens and --gen-tokens must be positive");
     let model = load::load(&args.model)?;
     let rss_after_load = status_mib("VmRSS:");
+    let peak_rss_load = status_mib("VmHWM:");
     let tokenizer = model.tokenizer();
     let sample = tokenizer.encode(crate::summarize::SAMPLE)?;
     let prompt: Vec<u32> = sample.iter().cycle().take(args.prompt_tokens).copied().collect();
@@ -96,6 +97,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "decode_ms": decode_ms,
         "decode_tok_s": rate(decode_steps, decode_ms),
         "rss_after_load_mib": rss_after_load,
+        "peak_rss_load_mib": peak_rss_load,
         "kv_cache_mib": kv_cache_mib,
         "peak_rss_mib": peak_rss,
         "weight_bytes_per_token": weight_bytes,
@@ -123,8 +125,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             rate(decode_steps, decode_ms)
         );
         println!(
-            "memory       {:.0} MiB resident after load, {:.0} MiB peak, KV cache {kv_cache_mib:.1} MiB",
+            "memory       {:.0} MiB resident after load (peak {:.0} MiB while loading), {:.0} MiB peak, KV cache \
+             {kv_cache_mib:.1} MiB",
             rss_after_load.unwrap_or(f64::NAN),
+            peak_rss_load.unwrap_or(f64::NAN),
             peak_rss.unwrap_or(f64::NAN)
         );
         println!(
