@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tract_linalg::multithread::Executor;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::format_err;
 
 use crate::attention::LayerCache;
 use crate::config::ModelConfig;
@@ -45,6 +46,28 @@ impl GraphState {
     }
 }
 
+/// tract's typed model of the parsed `proto` (files relative to `dir`), checked against `config`.
+fn parse_and_type(
+    onnx: &tract_onnx::Onnx,
+    proto: &tract_onnx::pb::ModelProto,
+    dir: Option<&str>,
+    config: &ModelConfig,
+    lap: &dyn Fn(&str),
+) -> Result<TypedModel> {
+    let graph_err = |what: &str, e: TractError| Error::Graph(format!("{what}: {e:#}"));
+    let parsed = onnx.parse(proto, dir).map_err(|e| graph_err("cannot parse the ONNX graph", e))?;
+    if !parsed.unresolved_inputs.is_empty() {
+        return Err(Error::Graph(format!("unresolved inputs {:?}", parsed.unresolved_inputs)));
+    }
+    check_interface(&parsed.model, config)?;
+    lap("parsed ONNX");
+    let typed = parsed.model.into_typed().map_err(|e| graph_err("type analysis failed", e))?;
+    // Type analysis leaves freed scratch: return it before the rewrites allocate.
+    crate::memory::release_freed_heap();
+    lap("typed");
+    Ok(typed)
+}
+
 impl DecoderGraph {
     /// Loads `path`, checks it is a causal LM matching `config`, and prepares it to run on
     /// `threads` threads.
@@ -53,21 +76,27 @@ impl DecoderGraph {
         let started = std::time::Instant::now();
         let lap = |what: &str| log::debug!("load: {what} at {:.0} ms", started.elapsed().as_secs_f64() * 1e3);
         let mut onnx = tract_onnx::onnx();
+        onnx.provider = Arc::new(crate::external::Reader);
         crate::nbits::register(&mut onnx);
-        let inference =
-            onnx.model_for_path(path).map_err(|e| graph_err(&format!("cannot parse {} as ONNX", path.display()), e))?;
-        check_interface(&inference, config)?;
-        // Parsing leaves ~45 MiB of freed buffers (external data reads): return them before type
-        // analysis and packing allocate (lowers the load's peak by ~15 MiB).
-        crate::memory::release_freed_heap();
-        lap("parsed ONNX");
-        let mut typed = inference.into_typed().map_err(|e| graph_err("type analysis failed", e))?;
-        // Type analysis leaves ~25 MiB of freed scratch: return it before the packed copies of
-        // the weights are made (load peak 258 → 244 MiB on the default model).
-        crate::memory::release_freed_heap();
-        let packed = crate::nbits::pack(&mut typed).map_err(|e| graph_err("packing quantized weights", e))?;
+        let cannot_parse = |e| graph_err(&format!("cannot parse {} as ONNX", path.display()), e);
+        let mut proto = onnx.proto_model_for_path(path).map_err(cannot_parse)?;
+        let detached = crate::nbits::detach_weights(&mut proto).map_err(cannot_parse)?;
+        log::debug!("{} quantized matmuls: weights read beside the parser", detached.len());
+        let dir = path.parent().and_then(Path::to_str);
+        // The quantized weights (most of the file) are read and repacked on a second thread while
+        // tract parses and analyses the graph, which needs only their shapes.
+        let (typed, weights) = std::thread::scope(|scope| {
+            let loading = scope.spawn(|| detached.load(dir));
+            let typed = parse_and_type(&onnx, &proto, dir, config, &lap);
+            let weights = loading.join().unwrap_or_else(|_| Err(format_err!("loading weights panicked")));
+            (typed, weights)
+        });
+        drop(proto);
+        let mut typed = typed?;
+        let weights = weights.map_err(|e| graph_err("reading quantized weights", e))?;
+        let packed = crate::nbits::pack(&mut typed, weights).map_err(|e| graph_err("packing quantized weights", e))?;
         log::debug!("packed {packed} quantized matmuls");
-        lap("typed");
+        lap("packed");
         if !all_logits {
             last_position_logits(&mut typed, &config.io.logits).map_err(|e| graph_err("slicing logits", e))?;
         }

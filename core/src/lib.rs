@@ -23,6 +23,7 @@ mod chat;
 mod config;
 mod embed;
 mod error;
+mod external;
 mod generate;
 mod graph;
 mod input;

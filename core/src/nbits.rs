@@ -1,11 +1,13 @@
 //! Import of ONNX `com.microsoft.MatMulNBits` as [`QLinear`]: 4- or 8-bit, blocks of 32, with or
-//! without zero points (uint8-packed or float). Other variants (bit widths, block sizes, `g_idx`)
-//! go to tract's own importer, which dequantizes what its kernels cannot run.
+//! without zero points (uint8-packed or float). Other variants (bit widths, block sizes, `g_idx`,
+//! weights that are not initializers) go to tract's own importer, which dequantizes what its
+//! kernels cannot run.
 //!
-//! Two steps, for peak memory at load: type analysis wires a `PendingNBits` that shares the ONNX
-//! weight bytes with the graph's constant; [`pack`], once the parsed graph and the unused
-//! constants are gone, turns each into a `QLinear`, freeing each layer's source bytes as its
-//! packed copy is made (so the two copies of all weights never coexist).
+//! The weights never pass through tract's parser (which reads each into a buffer and copies it
+//! again) and are read while it works: [`detach_weights`] takes them out of the graph before
+//! parsing, leaving each node a slot number; [`Detached::load`] (on another thread) reads each
+//! straight into its own memory and repacks it there; type analysis wires a `PendingNBits` per
+//! slot; [`pack`] puts each loaded weight into its node as a `QLinear`.
 //!
 //! `MatMulNBits` computes `Y = A · dequant(B)ᵀ (+ bias)` with `B [N, K/32, 32·bits/8]` uint8 (4-bit:
 //! two codes per byte, element `2i` in the low nibble), `scales [N·K/32]` and
@@ -13,47 +15,211 @@
 //! `(code - zero) · s == (code - mid) · s + (mid - zero) · s`: the second term is the block offset
 //! of [`Q4Matrix`] / [`Q8Matrix`].
 
-use std::sync::Arc;
+use std::collections::HashMap;
 
 use tract_onnx::model::{optional_inputs, ParsingContext};
-use tract_onnx::pb::NodeProto;
+use tract_onnx::pb::attribute_proto::AttributeType;
+use tract_onnx::pb::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::math::add;
 use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::ops::logic::wire_with_rank_broadcast;
 use tract_onnx::Onnx;
 
+use crate::external;
 use crate::q4::Q4Matrix;
 use crate::q8::Q8Matrix;
 use crate::qblock::{Blocks, BLOCK};
-use crate::qlinear::{identity_by_arc, QLinear, QWeight};
+use crate::qlinear::{QLinear, QWeight};
 
 /// Makes `onnx` import `MatMulNBits` with this module.
 pub fn register(onnx: &mut Onnx) {
     onnx.op_register.insert("MatMulNBits", mat_mul_nbits);
 }
 
-fn mat_mul_nbits(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let k: usize = node.get_attr("K")?;
-    let n: usize = node.get_attr("N")?;
-    let bits: usize = node.get_attr_opt("bits")?.unwrap_or(4);
+/// The node attribute [`detach_weights`] leaves: the node's index in [`Detached`].
+const SLOT_ATTR: &str = "pocketlm.weights";
+
+/// The weights [`detach_weights`] took out of a graph, one entry per node (its slot), still in
+/// the file.
+#[derive(Debug, Default)]
+pub struct Detached(Vec<NodeWeights>);
+
+#[derive(Debug)]
+struct NodeWeights {
+    shape: Shape,
+    b: TensorProto,
+    scales: TensorProto,
+    zero_points: Option<TensorProto>,
+}
+
+/// `[n, k]` at `bits` per weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Shape {
+    n: usize,
+    k: usize,
+    bits: usize,
+}
+
+impl Shape {
+    fn of(node: &NodeProto) -> TractResult<Shape> {
+        Ok(Shape { n: node.get_attr("N")?, k: node.get_attr("K")?, bits: node.get_attr_opt("bits")?.unwrap_or(4) })
+    }
+}
+
+impl Detached {
+    /// How many nodes' weights were detached.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Reads every node's weights (files relative to `model_dir`) straight into their own memory
+    /// and repacks them there: one [`QWeight`] per slot.
+    pub fn load(self, model_dir: Option<&str>) -> TractResult<Vec<QWeight>> {
+        self.0
+            .into_iter()
+            .map(|w| {
+                let name = w.b.name.clone();
+                w.load(model_dir).with_context(|| format!("MatMulNBits weight {name}"))
+            })
+            .collect()
+    }
+}
+
+impl NodeWeights {
+    fn load(self, model_dir: Option<&str>) -> TractResult<QWeight> {
+        let Shape { n, k, bits } = self.shape;
+        let zero_points = self.zero_points.map(|z| external::load_tensor(&z, model_dir)).transpose()?;
+        let blocks = blocks(n, k, bits, &external::load_tensor(&self.scales, model_dir)?, zero_points.as_ref())?;
+        let b = external::load_tensor(&self.b, model_dir)?;
+        ensure!(
+            b.len() * b.datum_type().size_of() == n * k * bits / 8,
+            "B has shape {:?}, expected {n}×{k} at {bits} bits",
+            b.shape()
+        );
+        let weight = if bits == 4 {
+            Q4Matrix::from_nbits(b, blocks).map(QWeight::Q4)
+        } else {
+            Q8Matrix::from_nbits(b, blocks).map(QWeight::Q8)
+        };
+        weight.context("inconsistent sizes")
+    }
+}
+
+/// Takes the constant inputs (B, scales, zero points) of every `MatMulNBits` node this module
+/// imports out of the graph (see the module doc) and gives each node a slot attribute instead.
+/// An initializer another node also reads is copied, not moved.
+pub fn detach_weights(proto: &mut ModelProto) -> TractResult<Detached> {
+    let mut detached = Detached::default();
+    let Some(graph) = proto.graph.as_mut() else { return Ok(detached) };
+    let mut readers: HashMap<String, usize> = HashMap::new();
+    count_readers(graph, &mut readers);
+    for node in graph.node.iter_mut() {
+        if node.op_type != "MatMulNBits" || !supported(node)? {
+            continue;
+        }
+        let is_initializer =
+            |i: usize| node.input.get(i).is_some_and(|n| graph.initializer.iter().any(|t| &t.name == n));
+        let no_input = |i: usize| node.input.get(i).is_none_or(String::is_empty);
+        if !(is_initializer(1) && is_initializer(2) && (no_input(3) || is_initializer(3))) {
+            continue;
+        }
+        let mut take = |i: usize| -> Option<TensorProto> {
+            let name = std::mem::take(node.input.get_mut(i).filter(|n| !n.is_empty())?);
+            let at = graph.initializer.iter().position(|t| t.name == name)?;
+            Some(if readers.get(&name) == Some(&1) {
+                graph.initializer.swap_remove(at)
+            } else {
+                graph.initializer[at].clone()
+            })
+        };
+        let (b, scales, zero_points) = (take(1), take(2), take(3));
+        let weights = NodeWeights {
+            shape: Shape::of(node)?,
+            b: b.context("checked above")?,
+            scales: scales.context("checked above")?,
+            zero_points,
+        };
+        node.attribute.push(AttributeProto {
+            name: SLOT_ATTR.into(),
+            r#type: AttributeType::Int as i32,
+            i: detached.0.len() as i64,
+            ..Default::default()
+        });
+        detached.0.push(weights);
+    }
+    Ok(detached)
+}
+
+/// How many times each value name is read: by node inputs (subgraphs included, as they may
+/// read the outer graph's values) and as a graph output.
+fn count_readers(graph: &GraphProto, readers: &mut HashMap<String, usize>) {
+    let names = graph.node.iter().flat_map(|n| &n.input).chain(graph.output.iter().map(|o| &o.name));
+    for name in names.filter(|n| !n.is_empty()) {
+        *readers.entry(name.clone()).or_default() += 1;
+    }
+    for attr in graph.node.iter().flat_map(|n| &n.attribute) {
+        attr.g.iter().chain(&attr.graphs).for_each(|g| count_readers(g, readers));
+    }
+}
+
+/// Whether this module can import `node`: 4 or 8 bits, blocks of 32, no `g_idx`.
+fn supported(node: &NodeProto) -> TractResult<bool> {
+    let Shape { k, bits, .. } = Shape::of(node)?;
     let block_size: usize = node.get_attr("block_size")?;
-    let mut optional = optional_inputs(node).skip(3);
-    let (zero_points, g_idx, bias) = (optional.next().flatten(), optional.next().flatten(), optional.next().flatten());
-    if !(bits == 4 || bits == 8) || block_size != BLOCK || !k.is_multiple_of(BLOCK) || g_idx.is_some() {
+    let g_idx = node.input.get(4).is_some_and(|name| !name.is_empty());
+    Ok((bits == 4 || bits == 8) && block_size == BLOCK && k.is_multiple_of(BLOCK) && !g_idx)
+}
+
+fn mat_mul_nbits(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let Some(slot) = node.get_attr_opt::<i64>(SLOT_ATTR)? else {
+        // Not detached (see `detach_weights`): a variant tract's importer handles.
         let tract = tract_onnx::onnx();
         let builder = tract.op_register.0.get("MatMulNBits").context("tract imports MatMulNBits")?;
         return builder(ctx, node);
-    }
-    Ok((expand(MatMulNBits { k, n, bits, zero_points, bias }), vec![]))
+    };
+    let bias = optional_inputs(node).nth(5).flatten();
+    Ok((expand(MatMulNBits { shape: Shape::of(node)?, slot: slot as usize, bias }), vec![]))
 }
 
+/// The block parameters of a `[n, k]` weight from `MatMulNBits` scales and zero points.
+fn blocks(n: usize, k: usize, bits: usize, scales: &Tensor, zero_points: Option<&Tensor>) -> TractResult<Blocks> {
+    let blocks = k / BLOCK;
+    let scales = scales.cast_to::<f32>()?;
+    let scales: Vec<f32> = scales.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+    ensure!(scales.len() == n * blocks, "{} scales, expected {}", scales.len(), n * blocks);
+    let mid = (1u32 << (bits - 1)) as f32;
+    let offsets = match zero_points {
+        None => None,
+        Some(zp) => {
+            let zeros: Vec<f32> = if zp.datum_type() == u8::datum_type() {
+                let packed = zp.try_as_plain_ram()?;
+                let packed: &[u8] = packed.as_slice()?;
+                let per_byte = 8 / bits;
+                let row_bytes = blocks.div_ceil(per_byte);
+                ensure!(packed.len() == n * row_bytes, "{} zero-point bytes", packed.len());
+                let mask = ((1u16 << bits) - 1) as u8;
+                (0..n * blocks)
+                    .map(|i| (i / blocks, i % blocks))
+                    .map(|(row, blk)| (packed[row * row_bytes + blk / per_byte] >> (bits * (blk % per_byte))) & mask)
+                    .map(f32::from)
+                    .collect()
+            } else {
+                let zeros = zp.cast_to::<f32>()?;
+                zeros.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()
+            };
+            ensure!(zeros.len() == n * blocks, "{} zero points", zeros.len());
+            Some(zeros.iter().zip(&scales).map(|(z, s)| (mid - z) * s).collect())
+        }
+    };
+    Blocks::new(n, k, scales, offsets).context("inconsistent sizes")
+}
+
+/// An imported `MatMulNBits` whose weights are in [`Detached`] slot `slot`.
 #[derive(Debug, Clone)]
 struct MatMulNBits {
-    k: usize,
-    n: usize,
-    bits: usize,
-    zero_points: Option<usize>,
+    shape: Shape,
+    slot: usize,
     bias: Option<usize>,
 }
 
@@ -70,7 +236,7 @@ impl Expansion for MatMulNBits {
     ) -> InferenceResult {
         check_output_arity(outputs, 1)?;
         s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?;
-        let n = self.n.to_dim();
+        let n = self.shape.n.to_dim();
         s.given(&inputs[0].rank, move |s, rank| {
             let rank = rank as usize;
             s.equals(&outputs[0].rank, rank as i64)?;
@@ -82,49 +248,15 @@ impl Expansion for MatMulNBits {
     }
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
-        let (n, k) = (self.n, self.k);
-        let blocks = k / BLOCK;
-        ensure!(model.outlet_fact(inputs[0])?.datum_type == f32::datum_type(), "MatMulNBits: A must be f32");
-        let konst = |i: usize, what: &str| -> TractResult<Arc<Tensor>> {
-            model.outlet_fact(inputs[i])?.konst.clone().with_context(|| format!("MatMulNBits: {what} must be constant"))
-        };
-        let b = konst(1, "B")?;
-        let b = b.try_as_plain_ram()?;
-        let b: &[u8] = b.as_slice()?;
-        let expected = n * k * self.bits / 8;
-        ensure!(b.len() == expected, "MatMulNBits: B has {} bytes, expected {expected}", b.len());
-        let scales = konst(2, "scales")?.cast_to::<f32>()?.into_owned();
-        let scales: Vec<f32> = scales.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
-        ensure!(scales.len() == n * blocks, "MatMulNBits: {} scales, expected {}", scales.len(), n * blocks);
-        let mid = (1u32 << (self.bits - 1)) as f32;
-        let offsets = match self.zero_points {
-            None => None,
-            Some(i) => {
-                let zp = konst(i, "zero_points")?;
-                let zeros: Vec<f32> = if zp.datum_type() == u8::datum_type() {
-                    let packed = zp.try_as_plain_ram()?;
-                    let packed: &[u8] = packed.as_slice()?;
-                    let per_byte = 8 / self.bits;
-                    let row_bytes = blocks.div_ceil(per_byte);
-                    ensure!(packed.len() == n * row_bytes, "MatMulNBits: {} zero-point bytes", packed.len());
-                    let mask = ((1u16 << self.bits) - 1) as u8;
-                    (0..n * blocks)
-                        .map(|i| (i / blocks, i % blocks))
-                        .map(|(row, blk)| {
-                            (packed[row * row_bytes + blk / per_byte] >> (self.bits * (blk % per_byte))) & mask
-                        })
-                        .map(f32::from)
-                        .collect()
-                } else {
-                    let zeros = zp.cast_to::<f32>()?.into_owned();
-                    zeros.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()
-                };
-                ensure!(zeros.len() == n * blocks, "MatMulNBits: {} zero points", zeros.len());
-                Some(zeros.iter().zip(&scales).map(|(z, s)| (mid - z) * s).collect())
-            }
-        };
-        let blocks = Blocks::new(n, k, scales, offsets).context("MatMulNBits: inconsistent sizes")?;
-        let pending = PendingNBits { bits: self.bits, b: konst(1, "B")?, blocks };
+        let a = model.outlet_fact(inputs[0])?;
+        ensure!(a.datum_type == f32::datum_type(), "MatMulNBits: A must be f32");
+        ensure!(
+            a.shape.last() == Some(&self.shape.k.to_dim()),
+            "MatMulNBits: A has shape {:?}, K is {}",
+            a.shape,
+            self.shape.k
+        );
+        let pending = PendingNBits { shape: self.shape, slot: self.slot };
         let mut y = model.wire_node(prefix, pending, &[inputs[0]])?[0];
         if let Some(i) = self.bias {
             y = wire_with_rank_broadcast(format!("{prefix}.bias"), model, add(), &[y, inputs[i]])?[0];
@@ -133,30 +265,13 @@ impl Expansion for MatMulNBits {
     }
 }
 
-/// A `MatMulNBits` imported but not packed yet (see the module doc): the ONNX weight bytes and
-/// the block parameters. It cannot run; [`pack`] replaces it.
-#[derive(Debug, Clone)]
+/// A `MatMulNBits` imported but not given its weight yet (slot `slot` of [`Detached`]). It
+/// cannot run; [`pack`] replaces it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct PendingNBits {
-    bits: usize,
-    b: Arc<Tensor>,
-    blocks: Blocks,
+    shape: Shape,
+    slot: usize,
 }
-
-impl PendingNBits {
-    /// The packed weight, made in place in the ONNX bytes' own memory when this op holds the only
-    /// reference to them (as after [`pack`]'s compaction), else in a copy.
-    fn into_weight(self) -> TractResult<QWeight> {
-        let b = Arc::try_unwrap(self.b).unwrap_or_else(|shared| (*shared).clone());
-        let weight = if self.bits == 4 {
-            Q4Matrix::from_nbits(b, self.blocks).map(QWeight::Q4)
-        } else {
-            Q8Matrix::from_nbits(b, self.blocks).map(QWeight::Q8)
-        };
-        weight.context("MatMulNBits: inconsistent sizes")
-    }
-}
-
-identity_by_arc!(PendingNBits, b);
 
 impl Op for PendingNBits {
     fn name(&self) -> StaticName {
@@ -177,26 +292,33 @@ impl EvalOp for PendingNBits {
 impl TypedOp for PendingNBits {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let mut shape = inputs[0].shape.to_tvec();
-        *shape.last_mut().context("MatMulNBits input has rank 0")? = self.blocks.n().to_dim();
+        *shape.last_mut().context("MatMulNBits input has rank 0")? = self.shape.n.to_dim();
         Ok(tvec!(f32::fact(shape)))
     }
 
     as_op!();
 }
 
-/// Turns every imported `MatMulNBits` into a [`QLinear`]: drops the graph's unused nodes first
-/// (the weight constants), then packs layer by layer, each source buffer freed as its node's op
-/// is replaced. Returns how many were packed. Runs after type analysis, before other rewrites.
-pub fn pack(model: &mut TypedModel) -> TractResult<usize> {
-    model.compact()?;
+/// Gives every imported `MatMulNBits` its loaded weight (`weights[slot]`, from
+/// [`Detached::load`]) as a [`QLinear`]. Returns how many were packed. Runs after type analysis,
+/// before other rewrites.
+pub fn pack(model: &mut TypedModel, weights: Vec<QWeight>) -> TractResult<usize> {
+    let mut weights: Vec<Option<QWeight>> = weights.into_iter().map(Some).collect();
     let ids: Vec<usize> = model.nodes().iter().filter(|n| n.op_is::<PendingNBits>()).map(|n| n.id).collect();
     for &id in &ids {
-        let pending = model.node(id).op_as::<PendingNBits>().expect("filtered above").clone();
-        // Take the node's reference to the bytes away first, so that `pending` holds the last one
-        // and the weight is packed in place.
-        model.node_mut(id).op = Box::new(tract_onnx::tract_core::ops::dummy::Dummy);
-        let linear = QLinear { weight: Arc::new(pending.into_weight()?) };
-        model.node_mut(id).op = Box::new(linear);
+        let pending = model.node(id).op_as::<PendingNBits>().expect("filtered above");
+        let Shape { n, k, bits } = pending.shape;
+        let weight = weights.get_mut(pending.slot).and_then(Option::take);
+        let weight = weight.with_context(|| format!("no weight for MatMulNBits slot {}", pending.slot))?;
+        ensure!(
+            (weight.n(), weight.k(), weight.bits()) == (n, k, bits),
+            "MatMulNBits slot {}: weight is {}×{} at {} bits, the node {n}×{k} at {bits}",
+            pending.slot,
+            weight.n(),
+            weight.k(),
+            weight.bits()
+        );
+        model.node_mut(id).op = Box::new(QLinear { weight: Arc::new(weight) });
     }
     Ok(ids.len())
 }
@@ -216,24 +338,42 @@ mod tests {
         Float(Vec<f32>),
     }
 
-    /// Imports one MatMulNBits node through the expansion and runs it on `x [1, rows, k]`.
+    /// An initializer holding `values` inline.
+    fn initializer<T: Datum + Copy>(name: &str, dims: &[usize], values: &[T]) -> TensorProto {
+        use tract_onnx::pb::tensor_proto::DataType;
+        let dt = if T::datum_type() == u8::datum_type() { DataType::Uint8 } else { DataType::Float };
+        let raw = unsafe { std::slice::from_raw_parts(values.as_ptr() as *const u8, std::mem::size_of_val(values)) };
+        TensorProto {
+            name: name.into(),
+            data_type: dt as i32,
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            raw_data: raw.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    /// Imports one MatMulNBits node through detached weights and the expansion, and runs it on
+    /// `x [1, rows, k]`.
     fn run(bits: usize, n: usize, k: usize, b: Vec<u8>, scales: Vec<f32>, zeros: &Zeros, x: &[f32]) -> Vec<f32> {
         let rows = x.len() / k;
+        let shape = Shape { n, k, bits };
+        let weights = NodeWeights {
+            shape,
+            b: initializer("b", &[n, k / BLOCK, BLOCK * bits / 8], &b),
+            scales: initializer("s", &[n * k / BLOCK], &scales),
+            zero_points: match zeros {
+                Zeros::Default => None,
+                Zeros::Packed(z) => Some(initializer("z", &[z.len()], z)),
+                Zeros::Float(z) => Some(initializer("z", &[z.len()], z)),
+            },
+        };
+        let loaded = Detached(vec![weights]).load(None).unwrap();
         let mut model = InferenceModel::default();
         let input = model.add_source("x", f32::fact([1, rows, k]).into()).unwrap();
-        let b = model.add_const("b", Tensor::from_shape(&[n, k / BLOCK, BLOCK * bits / 8], &b).unwrap()).unwrap();
-        let s = model.add_const("s", Tensor::from_shape(&[n * k / BLOCK], &scales).unwrap()).unwrap();
-        let mut inputs = vec![input, b, s];
-        match zeros {
-            Zeros::Default => {}
-            Zeros::Packed(z) => inputs.push(model.add_const("z", Tensor::from_shape(&[z.len()], z).unwrap()).unwrap()),
-            Zeros::Float(z) => inputs.push(model.add_const("z", Tensor::from_shape(&[z.len()], z).unwrap()).unwrap()),
-        }
-        let op = MatMulNBits { k, n, bits, zero_points: (inputs.len() == 4).then_some(3), bias: None };
-        let y = model.wire_node("mm", expand(op), &inputs).unwrap();
+        let y = model.wire_node("mm", expand(MatMulNBits { shape, slot: 0, bias: None }), &[input]).unwrap();
         model.select_output_outlets(&y).unwrap();
         let mut typed = model.into_typed().unwrap();
-        assert_eq!(pack(&mut typed).unwrap(), 1);
+        assert_eq!(pack(&mut typed, loaded).unwrap(), 1);
         assert!(typed.nodes().iter().any(|n| n.op_is::<QLinear>()), "imported as QLinear");
         let plan = typed.into_runnable().unwrap();
         let out = plan.run(tvec![Tensor::from_shape(&[1, rows, k], x).unwrap().into_tvalue()]).unwrap();
@@ -311,5 +451,57 @@ mod tests {
             let y = run(8, n, k, codes.clone(), scales.clone(), zero_input, &x);
             assert_dequantized_product(&y, &codes, zero_values, &scales, &x, n, k);
         }
+    }
+
+    fn nbits_node(name: &str, inputs: &[&str], bits: i64) -> NodeProto {
+        let int = |name: &str, i: i64| AttributeProto {
+            name: name.into(),
+            r#type: AttributeType::Int as i32,
+            i,
+            ..Default::default()
+        };
+        NodeProto {
+            name: name.into(),
+            op_type: "MatMulNBits".into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![format!("{name}.y")],
+            attribute: vec![int("K", 64), int("N", 8), int("bits", bits), int("block_size", 32)],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn detaching_moves_private_weights_copies_shared_ones_and_skips_unsupported_nodes() {
+        let graph = GraphProto {
+            node: vec![
+                nbits_node("a", &["x", "wa", "sa"], 4),
+                nbits_node("b", &["x", "wb", "shared", "zb"], 8),
+                nbits_node("c", &["x", "wc", "shared"], 3),
+                nbits_node("d", &["x", "computed", "sa"], 4),
+            ],
+            initializer: ["wa", "sa", "wb", "shared", "zb", "wc"]
+                .iter()
+                .map(|n| initializer::<u8>(n, &[1], &[0]))
+                .collect(),
+            ..Default::default()
+        };
+        let mut proto = ModelProto { graph: Some(graph), ..Default::default() };
+        let detached = detach_weights(&mut proto).unwrap();
+        assert_eq!(detached.len(), 2);
+        let graph = proto.graph.unwrap();
+        let mut left: Vec<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+        left.sort();
+        // `sa` is also read by `d` (not detached: its B is computed), `shared` by `c` (3 bits).
+        assert_eq!(left, ["sa", "shared", "wc"]);
+        assert_eq!(graph.node[0].input, ["x", "", ""]);
+        assert_eq!(graph.node[1].input, ["x", "", "", ""]);
+        assert_eq!(graph.node[2].input, ["x", "wc", "shared"]);
+        assert_eq!(graph.node[3].input, ["x", "computed", "sa"]);
+        assert_eq!(graph.node[1].get_attr::<i64>(SLOT_ATTR).unwrap(), 1);
+        assert_eq!(graph.node[2].get_attr_opt::<i64>(SLOT_ATTR).unwrap(), None);
+        let names =
+            |w: &NodeWeights| (w.b.name.clone(), w.scales.name.clone(), w.zero_points.as_ref().map(|z| z.name.clone()));
+        assert_eq!(names(&detached.0[1]), ("wb".into(), "shared".into(), Some("zb".into())));
+        assert_eq!(detached.0[1].shape, Shape { n: 8, k: 64, bits: 8 });
     }
 }

@@ -108,6 +108,19 @@ fn bad_options_are_invalid_parameters() {
 }
 
 #[test]
+fn truncated_weight_data_with_matching_checksum_is_a_graph_error() {
+    // The 4-bit weights are read beside tract's parser (straight into their tensors): a data file
+    // too short for them must fail the load with the range, not read past the end or panic.
+    let dir = common::copy_model(&common::tiny_q4_dir(), "truncated-data");
+    let data = std::fs::read(dir.join("model.onnx.data")).unwrap();
+    swap_file(&dir, "model.onnx.data", &data[..data.len() / 2]);
+    match load(&dir) {
+        Err(Error::Graph(msg)) => assert!(msg.contains("past the end"), "{msg}"),
+        other => panic!("expected Graph error, got {other:?}"),
+    }
+}
+
+#[test]
 fn damaged_onnx_with_matching_checksum_is_a_graph_error_not_a_panic() {
     // Checksums catch accidental damage; this exercises the parser behind them with files that
     // pass the checksum (re-recorded) but are truncated or bit-flipped protobuf.

@@ -151,7 +151,7 @@ fn greedy_matches_onnxruntime_on_tiny_model() {
 
 #[test]
 fn greedy_follows_onnxruntime_on_tiny_q4_model() {
-    check_near_parity(&common::tiny_dir().with_file_name("tiny-q4"), 24);
+    check_near_parity(&common::tiny_q4_dir(), 24);
 }
 
 #[test]

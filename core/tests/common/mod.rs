@@ -18,11 +18,22 @@ pub fn tiny() -> Arc<Model> {
 
 /// A copy of the tiny model directory in a fresh temp dir, for tests that damage files.
 pub fn tiny_copy(tag: &str) -> PathBuf {
+    copy_model(&tiny_dir(), tag)
+}
+
+/// The committed tiny 4-bit model (`MatMulNBits` weights in external data).
+pub fn tiny_q4_dir() -> PathBuf {
+    tiny_dir().with_file_name("tiny-q4")
+}
+
+/// A copy of every file of the model directory `source` in a fresh temp dir.
+pub fn copy_model(source: &std::path::Path, tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("pocketlm-test-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    for f in ["config.json", "model.onnx", "tokenizer.json"] {
-        std::fs::copy(tiny_dir().join(f), dir.join(f)).unwrap();
+    for entry in std::fs::read_dir(source).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
     }
     dir
 }
