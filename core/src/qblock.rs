@@ -9,8 +9,6 @@ use tract_onnx::prelude::Tensor;
 /// Values per block.
 pub const BLOCK: usize = 32;
 
-/// The shape of an `[n, k]` block-quantized matrix and its per-block scales and offsets
-/// (`[n][k / 32]` each; offsets only when the weight is asymmetric).
 /// The integer dot-product instructions this CPU offers, best first: the 4- and 8-bit kernels are
 /// chosen from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +103,8 @@ impl Codes {
     }
 }
 
+/// The shape of an `[n, k]` block-quantized matrix and its per-block scales and offsets
+/// (`[n][k / 32]` each; offsets only when the weight is asymmetric).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Blocks {
     n: usize,
