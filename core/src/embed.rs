@@ -1,7 +1,7 @@
-//! Token lookup in the tied 8-bit LM head: `EmbedQ8` dequantizes the looked-up rows straight from
-//! the head's codes, so the 8-bit table is held once (the ONNX graph holds it twice: a uint8
-//! constant for its `Gather` lookup and the LM head's `MatMulNBits` weight; ~28 MB each on the
-//! default model).
+//! Token lookup in the tied 8-bit LM head, so the 8-bit table is held once (the ONNX graph holds
+//! it twice: a uint8 constant for its `Gather` lookup and the LM head's `MatMulNBits` weight;
+//! ~28 MB each on the default model): `GatherCodes` gives the uint8 rows the `Gather` would,
+//! `EmbedQ8` dequantized rows straight from the head's codes.
 
 use std::sync::Arc;
 
@@ -18,12 +18,11 @@ pub struct EmbedQ8 {
     pub table: Arc<crate::qlinear::QWeight>,
 }
 
-impl EmbedQ8 {
-    fn matrix(&self) -> TractResult<&Q8Matrix> {
-        match &*self.table {
-            crate::qlinear::QWeight::Q8(m) => Ok(m),
-            crate::qlinear::QWeight::Q4(_) => bail!("EmbedQ8 needs an 8-bit table"),
-        }
+/// The 8-bit matrix of a token table.
+fn matrix(table: &crate::qlinear::QWeight) -> TractResult<&Q8Matrix> {
+    match table {
+        crate::qlinear::QWeight::Q8(m) => Ok(m),
+        crate::qlinear::QWeight::Q4(_) => bail!("a token table must be 8-bit"),
     }
 }
 
@@ -41,7 +40,7 @@ impl EvalOp for EmbedQ8 {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let table = self.matrix()?;
+        let table = matrix(&self.table)?;
         let (n, k) = (table.blocks().n(), table.blocks().k());
         let ids = inputs[0].cast_to::<i64>()?;
         let ids = ids.try_as_plain_ram()?;
@@ -64,6 +63,56 @@ impl TypedOp for EmbedQ8 {
         let mut shape = inputs[0].shape.to_tvec();
         shape.push(self.table.k().to_dim());
         Ok(tvec!(f32::fact(shape)))
+    }
+
+    as_op!();
+}
+
+/// `out[.., :] = W[id, :] + 128` as uint8 for token ids `[..]` (i64), `W` an `[n, k]` 8-bit
+/// matrix: the rows of the ONNX uint8 table that is `W`.
+#[derive(Clone, Debug)]
+pub struct GatherCodes {
+    /// The table, shared with the LM head's `QLinear`.
+    pub table: Arc<crate::qlinear::QWeight>,
+}
+
+identity_by_arc!(GatherCodes, table);
+
+impl Op for GatherCodes {
+    fn name(&self) -> StaticName {
+        "GatherCodes".into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for GatherCodes {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let table = matrix(&self.table)?;
+        let (n, k) = (table.blocks().n(), table.blocks().k());
+        let ids = inputs[0].cast_to::<i64>()?;
+        let ids = ids.try_as_plain_ram()?;
+        let ids: &[i64] = ids.as_slice()?;
+        let mut shape: TVec<usize> = inputs[0].shape().into();
+        shape.push(k);
+        let mut out = Tensor::zero::<u8>(&shape)?;
+        let mut view = out.to_plain_array_view_mut::<u8>()?;
+        let rows = view.as_slice_mut().context("fresh tensor is contiguous")?;
+        for (&id, row) in ids.iter().zip(rows.chunks_exact_mut(k)) {
+            ensure!((0..n as i64).contains(&id), "token id {id} outside the table ({n} rows)");
+            table.unsigned_row(id as usize, row);
+        }
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for GatherCodes {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let mut shape = inputs[0].shape.to_tvec();
+        shape.push(self.table.k().to_dim());
+        Ok(tvec!(u8::fact(shape)))
     }
 
     as_op!();
@@ -100,6 +149,23 @@ mod tests {
             assert_eq!(out.slice(ndarray::s![0, t, ..]).to_vec(), row);
         }
         let bad = Tensor::from_shape(&[1, 1], &[5i64]).unwrap();
+        assert!(op.eval(&EvalContext::out_of_plan(), tvec![bad.into_tvalue()]).is_err());
+    }
+
+    #[test]
+    fn gathered_codes_are_the_unsigned_table_rows() {
+        let op = GatherCodes { table: table() };
+        let ids = Tensor::from_shape(&[3], &[2i64, 0, 2]).unwrap();
+        let out = op.eval(&EvalContext::out_of_plan(), tvec![ids.into_tvalue()]).unwrap();
+        let out = out[0].to_plain_array_view::<u8>().unwrap();
+        assert_eq!(out.shape(), &[3, 2 * BLOCK]);
+        for (t, id) in [(0, 2), (1, 0), (2, 2)] {
+            for i in 0..2 * BLOCK {
+                let code = (((id * 64 + i) * 37) % 255) as u8 as i8;
+                assert_eq!(out[[t, i]], (code as i16 + 128) as u8);
+            }
+        }
+        let bad = Tensor::from_shape(&[1], &[-1i64]).unwrap();
         assert!(op.eval(&EvalContext::out_of_plan(), tvec![bad.into_tvalue()]).is_err());
     }
 

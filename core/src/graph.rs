@@ -78,10 +78,12 @@ impl DecoderGraph {
         let mut onnx = tract_onnx::onnx();
         onnx.provider = Arc::new(crate::external::Reader);
         crate::nbits::register(&mut onnx);
+        crate::table::register(&mut onnx);
         let cannot_parse = |e| graph_err(&format!("cannot parse {} as ONNX", path.display()), e);
         let mut proto = onnx.proto_model_for_path(path).map_err(cannot_parse)?;
         let detached = crate::nbits::detach_weights(&mut proto).map_err(cannot_parse)?;
-        log::debug!("{} quantized matmuls: weights read beside the parser", detached.len());
+        let tables = crate::table::detach_tables(&mut proto, &detached).map_err(cannot_parse)?;
+        log::debug!("{} quantized matmuls ({tables} token tables among them): read beside the parser", detached.len());
         let dir = path.parent().and_then(Path::to_str);
         // The quantized weights (most of the file) are read and repacked on a second thread while
         // tract parses and analyses the graph, which needs only their shapes.
@@ -95,7 +97,11 @@ impl DecoderGraph {
         let mut typed = typed?;
         let weights = weights.map_err(|e| graph_err("reading quantized weights", e))?;
         let packed = crate::nbits::pack(&mut typed, weights).map_err(|e| graph_err("packing quantized weights", e))?;
-        log::debug!("packed {packed} quantized matmuls");
+        let tables = crate::table::pack(&mut typed, &packed).map_err(|e| graph_err("packing token tables", e))?;
+        log::debug!("packed {} quantized matmuls, {tables} token tables", packed.iter().flatten().count());
+        // The graph's ops hold the weights now; a reference left here would make the rewrites
+        // below copy each weight they change.
+        drop(packed);
         lap("packed");
         if !all_logits {
             last_position_logits(&mut typed, &config.io.logits).map_err(|e| graph_err("slicing logits", e))?;
@@ -226,7 +232,8 @@ mod tests {
         let ops = ops("tiny-q4");
         assert_eq!(ops.iter().filter(|o| *o == "QLinear").count(), 2 * 7 + 1, "7 linears per layer + LM head");
         assert_eq!(ops.iter().filter(|o| *o == "EmbedQ8").count(), 1);
-        assert!(!ops.iter().any(|o| o == "PendingNBits" || o == "Gather"), "{ops:?}");
+        let gone = ["PendingNBits", "PendingTable", "GatherCodes", "Gather"];
+        assert!(!ops.iter().any(|o| gone.contains(&o.as_str())), "{ops:?}");
     }
 
     #[test]

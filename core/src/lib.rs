@@ -43,6 +43,7 @@ mod sampler;
 mod session;
 mod stop;
 mod summarize;
+mod table;
 mod template;
 mod text_stream;
 mod tokenizer;

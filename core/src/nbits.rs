@@ -19,6 +19,7 @@ use std::collections::HashMap;
 
 use tract_onnx::model::{optional_inputs, ParsingContext};
 use tract_onnx::pb::attribute_proto::AttributeType;
+use tract_onnx::pb::tensor_proto::DataLocation;
 use tract_onnx::pb::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::math::add;
@@ -84,6 +85,27 @@ impl Detached {
             })
             .collect()
     }
+}
+
+impl Detached {
+    /// The 8-bit slot whose weight bytes are exactly `table`'s: a `[n, k]` uint8 initializer in
+    /// the same range of the same external data file (as the converter writes a tied embedding).
+    pub fn table_slot(&self, table: &TensorProto) -> Option<usize> {
+        let range = external_range(table)?;
+        let dims: Vec<usize> = table.dims.iter().map(|&d| usize::try_from(d).ok()).collect::<Option<_>>()?;
+        self.0.iter().position(|w| {
+            let Shape { n, k, bits } = w.shape;
+            bits == 8 && dims == [n, k] && external_range(&w.b).as_ref() == Some(&range)
+        })
+    }
+}
+
+/// `(location, offset, length)` of a tensor held in external data (not inline).
+fn external_range(t: &TensorProto) -> Option<(String, String, String)> {
+    let external = t.data_location == Some(DataLocation::External as i32) && t.raw_data.is_empty();
+    let entry = |key: &str| t.external_data.iter().find(|e| e.key == key).map(|e| e.value.clone());
+    external.then_some(())?;
+    Some((entry("location")?, entry("offset").unwrap_or_default(), entry("length")?))
 }
 
 impl NodeWeights {
@@ -153,7 +175,7 @@ pub fn detach_weights(proto: &mut ModelProto) -> TractResult<Detached> {
 
 /// How many times each value name is read: by node inputs (subgraphs included, as they may
 /// read the outer graph's values) and as a graph output.
-fn count_readers(graph: &GraphProto, readers: &mut HashMap<String, usize>) {
+pub(crate) fn count_readers(graph: &GraphProto, readers: &mut HashMap<String, usize>) {
     let names = graph.node.iter().flat_map(|n| &n.input).chain(graph.output.iter().map(|o| &o.name));
     for name in names.filter(|n| !n.is_empty()) {
         *readers.entry(name.clone()).or_default() += 1;
@@ -300,27 +322,30 @@ impl TypedOp for PendingNBits {
 }
 
 /// Gives every imported `MatMulNBits` its loaded weight (`weights[slot]`, from
-/// [`Detached::load`]) as a [`QLinear`]. Returns how many were packed. Runs after type analysis,
-/// before other rewrites.
-pub fn pack(model: &mut TypedModel, weights: Vec<QWeight>) -> TractResult<usize> {
+/// [`Detached::load`]) as a [`QLinear`]. Returns each slot's packed weight (`None` for a slot
+/// whose node the graph no longer has), for the ops that share it (`table::pack`). Runs after
+/// type analysis, before other rewrites.
+pub fn pack(model: &mut TypedModel, weights: Vec<QWeight>) -> TractResult<Vec<Option<Arc<QWeight>>>> {
     let mut weights: Vec<Option<QWeight>> = weights.into_iter().map(Some).collect();
+    let mut packed: Vec<Option<Arc<QWeight>>> = vec![None; weights.len()];
     let ids: Vec<usize> = model.nodes().iter().filter(|n| n.op_is::<PendingNBits>()).map(|n| n.id).collect();
     for &id in &ids {
         let pending = model.node(id).op_as::<PendingNBits>().expect("filtered above");
-        let Shape { n, k, bits } = pending.shape;
-        let weight = weights.get_mut(pending.slot).and_then(Option::take);
-        let weight = weight.with_context(|| format!("no weight for MatMulNBits slot {}", pending.slot))?;
+        let (Shape { n, k, bits }, slot) = (pending.shape, pending.slot);
+        let weight = weights.get_mut(slot).and_then(Option::take);
+        let weight = weight.with_context(|| format!("no weight for MatMulNBits slot {slot}"))?;
         ensure!(
             (weight.n(), weight.k(), weight.bits()) == (n, k, bits),
-            "MatMulNBits slot {}: weight is {}×{} at {} bits, the node {n}×{k} at {bits}",
-            pending.slot,
+            "MatMulNBits slot {slot}: weight is {}×{} at {} bits, the node {n}×{k} at {bits}",
             weight.n(),
             weight.k(),
             weight.bits()
         );
-        model.node_mut(id).op = Box::new(QLinear { weight: Arc::new(weight) });
+        let weight = Arc::new(weight);
+        packed[slot] = Some(weight.clone());
+        model.node_mut(id).op = Box::new(QLinear { weight });
     }
-    Ok(ids.len())
+    Ok(packed)
 }
 
 #[cfg(test)]
@@ -373,7 +398,7 @@ mod tests {
         let y = model.wire_node("mm", expand(MatMulNBits { shape, slot: 0, bias: None }), &[input]).unwrap();
         model.select_output_outlets(&y).unwrap();
         let mut typed = model.into_typed().unwrap();
-        assert_eq!(pack(&mut typed, loaded).unwrap(), 1);
+        assert_eq!(pack(&mut typed, loaded).unwrap().iter().flatten().count(), 1);
         assert!(typed.nodes().iter().any(|n| n.op_is::<QLinear>()), "imported as QLinear");
         let plan = typed.into_runnable().unwrap();
         let out = plan.run(tvec![Tensor::from_shape(&[1, rows, k], x).unwrap().into_tvalue()]).unwrap();

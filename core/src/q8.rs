@@ -62,13 +62,25 @@ impl Q8Matrix {
         }
     }
 
+    /// Row `j`'s codes as unsigned bytes (code + 128, as an ONNX uint8 table holds them).
+    pub fn unsigned_row(&self, j: usize, out: &mut [u8]) {
+        let k = self.blocks.k();
+        for (o, &c) in out.iter_mut().zip(&self.codes.bytes()[j * k..][..k]) {
+            *o = c ^ 0x80;
+        }
+    }
+
+    /// True when `scales` (`[n, k / 32]`) are exactly this symmetric matrix's block scales.
+    pub fn has_scales(&self, scales: &[f32]) -> bool {
+        let (n, nb) = (self.blocks.n(), self.blocks.k() / BLOCK);
+        scales.len() == n * nb && (0..n).all(|j| self.blocks.row(j) == (&scales[j * nb..][..nb], &[][..]))
+    }
+
     /// True when `table` (`[n, k]` uint8, code + 128) and `scales` (`[n, k / 32]`) hold exactly
     /// this symmetric matrix.
     pub fn equals_u8_table(&self, table: &[u8], scales: &[f32]) -> bool {
-        let (n, nb) = (self.blocks.n(), self.blocks.k() / BLOCK);
         table.len() == self.codes.len()
-            && scales.len() == n * nb
-            && (0..n).all(|j| self.blocks.row(j) == (&scales[j * nb..][..nb], &[][..]))
+            && self.has_scales(scales)
             && table.chunks(4096).zip(self.codes.bytes().chunks(4096)).all(|(t, c)| {
                 // Chunked so the comparison vectorizes (28 MB on the default model: ~2 ms, not 9).
                 t.iter().zip(c).fold(0u8, |acc, (&t, &c)| acc | (t ^ 0x80 ^ c)) == 0

@@ -16,7 +16,7 @@ use tract_onnx::tract_core::ops::nn::{Reduce, Reducer};
 
 use crate::attention::CachedAttention;
 use crate::config::ModelConfig;
-use crate::embed::EmbedQ8;
+use crate::embed::{EmbedQ8, GatherCodes};
 use crate::qlinear::{QLinear, QWeight};
 use crate::rope::Rope;
 
@@ -157,10 +157,11 @@ pub fn untie_shared_constants(model: &mut TypedModel) -> TractResult<()> {
     model.prop_consts()
 }
 
-/// Replaces the 8-bit token lookup (`Gather` of a uint8 table, `Cast`, `Sub 128`, reshapes, `Mul`
-/// by the `Gather`ed block scales) with [`EmbedQ8`] reading the tied LM head's codes, when the
-/// table and its scales are exactly the head's. The table constant is then unused and dropped by
-/// the optimiser (−28 MB resident on the default model). Returns whether it did.
+/// Replaces the 8-bit token lookup (a uint8 table's rows, `Cast`, `Sub 128`, reshapes, `Mul` by the
+/// `Gather`ed block scales) with [`EmbedQ8`] reading the tied LM head's codes, when the table and
+/// its scales are exactly the head's. The rows come from a [`GatherCodes`] of the head (the table
+/// was never loaded, `table.rs`) or from a `Gather` of a uint8 constant equal to the head's codes
+/// (then dropped by the optimiser: −28 MB resident on the default model). Returns whether it did.
 pub fn share_embedding_table(model: &mut TypedModel) -> TractResult<bool> {
     let heads: Vec<Arc<QWeight>> = model
         .nodes()
@@ -170,15 +171,8 @@ pub fn share_embedding_table(model: &mut TypedModel) -> TractResult<bool> {
         .map(|l| l.weight.clone())
         .collect();
     for id in model.eval_order()? {
-        let node = model.node(id);
-        if node.op_as::<Gather>().is_none_or(|g| g.axis != 0) {
-            continue;
-        }
-        let (ids, Some(table)) = (node.inputs[1], const_of(model, node.inputs[0])) else { continue };
-        if table.datum_type() != u8::datum_type() || table.rank() != 2 {
-            continue;
-        }
-        let (n, k) = (table.shape()[0], table.shape()[1]);
+        let Some((ids, head, table)) = token_table(model, id, &heads) else { continue };
+        let (n, k) = (head.n(), head.k());
         let Some(scales) = gathered_scales(model, id, n, k) else { continue };
         let Some(end) = lookup_end(model, id) else { continue };
         let fact = model.outlet_fact(end.into())?;
@@ -187,22 +181,42 @@ pub fn share_embedding_table(model: &mut TypedModel) -> TractResult<bool> {
         if fact.datum_type != f32::datum_type() || fact.shape.to_tvec() != want {
             continue;
         }
-        let (bytes, scales) = (table.try_as_plain_ram()?, scales.try_as_plain_ram()?);
-        let (bytes, scales): (&[u8], &[f32]) = (bytes.as_slice()?, scales.as_slice()?);
-        let Some(head) = heads.iter().find(|w| match &***w {
-            QWeight::Q8(m) => m.equals_u8_table(bytes, scales),
-            QWeight::Q4(_) => false,
-        }) else {
-            continue;
+        let QWeight::Q8(m) = &*head else { continue };
+        let scales = scales.try_as_plain_ram()?;
+        let same = match table {
+            None => m.has_scales(scales.as_slice()?),
+            Some(bytes) => m.equals_u8_table(bytes.try_as_plain_ram()?.as_slice()?, scales.as_slice()?),
         };
+        if !same {
+            continue;
+        }
         let mut patch = TypedModelPatch::new("share the embedding table with the LM head");
         let tapped = patch.tap_model(model, ids)?;
-        let rows = patch.wire_node(format!("{}.embed_q8", node.name), EmbedQ8 { table: head.clone() }, &[tapped])?[0];
+        let name = format!("{}.embed_q8", model.node(id).name);
+        let rows = patch.wire_node(name, EmbedQ8 { table: head.clone() }, &[tapped])?[0];
         patch.shunt_outside(model, end.into(), rows)?;
         patch.apply(model)?;
         return Ok(true);
     }
     Ok(false)
+}
+
+/// If node `id` looks token ids up in an 8-bit table: the ids, the head the table may be, and the
+/// table's bytes when they still have to be compared with the head's (a constant, not the head).
+fn token_table(
+    model: &TypedModel,
+    id: usize,
+    heads: &[Arc<QWeight>],
+) -> Option<(OutletId, Arc<QWeight>, Option<Arc<Tensor>>)> {
+    let node = model.node(id);
+    if let Some(codes) = node.op_as::<GatherCodes>() {
+        return Some((node.inputs[0], codes.table.clone(), None));
+    }
+    node.op_as::<Gather>().filter(|g| g.axis == 0)?;
+    let table = const_of(model, node.inputs[0])?;
+    (table.datum_type() == u8::datum_type() && table.rank() == 2).then_some(())?;
+    let head = heads.iter().find(|h| h.bits() == 8 && [h.n(), h.k()] == table.shape())?;
+    Some((node.inputs[1], head.clone(), Some(table)))
 }
 
 fn const_of(model: &TypedModel, outlet: OutletId) -> Option<Arc<Tensor>> {
