@@ -64,19 +64,23 @@ pub fn load_tensor(proto: &TensorProto, model_dir: Option<&str>) -> TractResult<
         .iter()
         .map(|&d| usize::try_from(d).map_err(|_| format_err!("tensor {}: negative dimension {d}", proto.name)))
         .collect::<TractResult<Vec<usize>>>()?;
+    // The size the shape implies is checked against the file before anything is allocated: a
+    // damaged shape must be an error, not an allocation the process cannot survive.
+    let expected = shape
+        .iter()
+        .try_fold(dt.size_of(), |bytes, &d| bytes.checked_mul(d))
+        .with_context(|| format!("tensor {}: shape {shape:?} overflows", proto.name))?;
+    let length = number("length")?.unwrap_or(expected);
+    ensure!(
+        length == expected,
+        "tensor {}: {length} bytes of external data for {expected} of {dt:?} {shape:?}",
+        proto.name
+    );
     let path = resolve(Path::new(dir), location)?;
     let mut file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    let size = file.metadata()?.len() as usize;
+    check_range(&path, offset, length, file.metadata()?.len() as usize)?;
     let mut tensor = unsafe { Tensor::uninitialized_dt(dt, &shape)? };
     let bytes = tensor.as_bytes_mut();
-    let length = number("length")?.unwrap_or(bytes.len());
-    ensure!(
-        length == bytes.len(),
-        "tensor {}: {length} bytes of external data for {} of {dt:?} {shape:?}",
-        proto.name,
-        bytes.len()
-    );
-    check_range(&path, offset, length, size)?;
     file.seek(SeekFrom::Start(offset as u64))?;
     file.read_exact(bytes).with_context(|| format!("reading {length} bytes of {}", path.display()))?;
     Ok(tensor)
@@ -154,6 +158,8 @@ mod tests {
             (external("absolute", DataType::Uint8, &[8], "/etc/passwd", 0, 8), "relative path"),
             (external("missing", DataType::Uint8, &[8], "nope.data", 0, 8), "nope.data"),
             (external("negative", DataType::Uint8, &[-8], "w.data", 0, 8), "negative dimension"),
+            (external("huge", DataType::Float, &[1 << 40, 1 << 30], "w.data", 0, 8), "overflows"),
+            (external("large", DataType::Float, &[1 << 40], "w.data", 0, 1 << 42), "past the end"),
         ];
         for (proto, want) in cases {
             let err = format!("{:#}", load_tensor(&proto, Some(&text)).unwrap_err());

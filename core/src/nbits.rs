@@ -111,6 +111,8 @@ fn external_range(t: &TensorProto) -> Option<(String, String, String)> {
 impl NodeWeights {
     fn load(self, model_dir: Option<&str>) -> TractResult<QWeight> {
         let Shape { n, k, bits } = self.shape;
+        // Sizes from a damaged file must not overflow below (they are checked against the data).
+        n.checked_mul(k).and_then(|nk| nk.checked_mul(bits)).context("N × K overflows")?;
         let zero_points = self.zero_points.map(|z| external::load_tensor(&z, model_dir)).transpose()?;
         let blocks = blocks(n, k, bits, &external::load_tensor(&self.scales, model_dir)?, zero_points.as_ref())?;
         let b = external::load_tensor(&self.b, model_dir)?;

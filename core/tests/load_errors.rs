@@ -123,30 +123,34 @@ fn truncated_weight_data_with_matching_checksum_is_a_graph_error() {
 #[test]
 fn damaged_onnx_with_matching_checksum_is_a_graph_error_not_a_panic() {
     // Checksums catch accidental damage; this exercises the parser behind them with files that
-    // pass the checksum (re-recorded) but are truncated or bit-flipped protobuf.
-    let original = std::fs::read(common::tiny_dir().join("model.onnx")).unwrap();
-    // (what, bytes, must be rejected): truncation always breaks the protobuf; scrambled bytes may
-    // land in weight data and still form a valid model, but must never panic.
-    let mut cases: Vec<(String, Vec<u8>, bool)> = [0.999, 0.5, 0.1, 0.001]
-        .iter()
-        .map(|f| (format!("truncated to {f}"), original[..(original.len() as f64 * f) as usize].to_vec(), true))
-        .collect();
-    for (i, at) in [17usize, 1000, 40_000, original.len() - 200].into_iter().enumerate() {
-        let mut bytes = original.clone();
-        for b in &mut bytes[at..at + 64] {
-            *b = b.wrapping_mul(31).wrapping_add(i as u8 + 7);
+    // pass the checksum (re-recorded) but are truncated or bit-flipped protobuf: the fp32 tiny
+    // model (tract's importer) and the 4-bit one (weights and token table read by pocketlm).
+    for (model, source) in [("tiny", common::tiny_dir()), ("tiny-q4", common::tiny_q4_dir())] {
+        let original = std::fs::read(source.join("model.onnx")).unwrap();
+        // (what, bytes, must be rejected): truncation always breaks the protobuf; scrambled bytes
+        // may land in weight data or names and still form a valid model, but must never panic.
+        let mut cases: Vec<(String, Vec<u8>, bool)> = [0.999, 0.5, 0.1, 0.001]
+            .iter()
+            .map(|f| (format!("truncated to {f}"), original[..(original.len() as f64 * f) as usize].to_vec(), true))
+            .collect();
+        let spots = [17usize, 1000, original.len() / 3, original.len() / 2, original.len() - 200];
+        for (i, at) in spots.into_iter().enumerate() {
+            let mut bytes = original.clone();
+            for b in &mut bytes[at..at + 64] {
+                *b = b.wrapping_mul(31).wrapping_add(i as u8 + 7);
+            }
+            cases.push((format!("64 bytes scrambled at {at}"), bytes, false));
         }
-        cases.push((format!("64 bytes scrambled at {at}"), bytes, false));
-    }
-    for (what, bytes, must_fail) in cases {
-        let dir = common::tiny_copy(&format!("damaged-{}", what.replace(' ', "-")));
-        swap_file(&dir, "model.onnx", &bytes);
-        let result = std::panic::catch_unwind(|| load(&dir));
-        match result {
-            Ok(Err(Error::Graph(_))) => {}
-            Ok(Ok(_)) => assert!(!must_fail, "{what}: loaded a broken model"),
-            Ok(Err(e)) => panic!("{what}: expected a Graph error, got {e:?}"),
-            Err(_) => panic!("{what}: loading panicked"),
+        for (what, bytes, must_fail) in cases {
+            let dir = common::copy_model(&source, &format!("damaged-{model}-{}", what.replace(' ', "-")));
+            swap_file(&dir, "model.onnx", &bytes);
+            let result = std::panic::catch_unwind(|| load(&dir));
+            match result {
+                Ok(Err(Error::Graph(_))) => {}
+                Ok(Ok(_)) => assert!(!must_fail, "{model}, {what}: loaded a broken model"),
+                Ok(Err(e)) => panic!("{model}, {what}: expected a Graph error, got {e:?}"),
+                Err(_) => panic!("{model}, {what}: loading panicked"),
+            }
         }
     }
 }
