@@ -8,6 +8,8 @@
 
 use tract_onnx::prelude::Tensor;
 
+#[cfg(target_arch = "x86_64")]
+use crate::qblock::PREFETCH_BYTES;
 use crate::qblock::{Blocks, Codes, Isa, QuantizedRows, XRow, BLOCK};
 
 /// A `[n, k]` 4-bit weight matrix (`k` a multiple of [`BLOCK`]).
@@ -239,6 +241,16 @@ unsafe fn dot_vnni(w: &WRow, x: &XRow) -> f32 {
     let low = _mm256_set1_epi8(0x0F);
     let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     for b in 0..nb {
+        // The rows `PREFETCH_BYTES` of codes ahead: a line of codes every 4 blocks, of scales and
+        // offsets every 16 (`wrapping_add`: past the matrix's end it is only a hint).
+        let ahead = b + PREFETCH_BYTES / (BLOCK / 2);
+        if b % 4 == 0 {
+            _mm_prefetch::<_MM_HINT_T0>(w.codes.as_ptr().wrapping_add(ahead * BLOCK / 2) as *const i8);
+        }
+        if b % 16 == 0 {
+            _mm_prefetch::<_MM_HINT_T0>(w.scales.as_ptr().wrapping_add(ahead) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(w.offsets.as_ptr().wrapping_add(ahead) as *const i8);
+        }
         let raw = _mm_loadu_si128(w.codes.as_ptr().add(b * BLOCK / 2) as *const __m128i);
         let codes = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
         let q = _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i);

@@ -4,6 +4,8 @@
 
 use tract_onnx::prelude::Tensor;
 
+#[cfg(target_arch = "x86_64")]
+use crate::qblock::PREFETCH_BYTES;
 use crate::qblock::{Blocks, Codes, Isa, QuantizedRows, XRow, BLOCK};
 
 /// A `[n, k]` 8-bit weight matrix (`k` a multiple of [`BLOCK`]).
@@ -173,6 +175,15 @@ unsafe fn dot_x86<const VNNI: bool>(w: &WRow8, x: &XRow) -> f32 {
     let ones = _mm256_set1_epi16(1);
     let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     for b in 0..nb {
+        // The rows `PREFETCH_BYTES` of codes ahead: a line of codes every 2 blocks, of scales
+        // every 16 (`wrapping_add`: past the matrix's end it is only a hint).
+        let ahead = b + PREFETCH_BYTES / BLOCK;
+        if b % 2 == 0 {
+            _mm_prefetch::<_MM_HINT_T0>(w.codes.as_ptr().wrapping_add(ahead * BLOCK));
+        }
+        if b % 16 == 0 {
+            _mm_prefetch::<_MM_HINT_T0>(w.scales.as_ptr().wrapping_add(ahead) as *const i8);
+        }
         let c = _mm256_loadu_si256(w.codes.as_ptr().add(b * BLOCK) as *const __m256i);
         let q = _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i);
         // |c| as unsigned times q with c's sign: |c| <= 128, |q| <= 127, pairs fit i16.
