@@ -11,9 +11,7 @@ use crate::attention::LayerCache;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::interface::{check_interface, find_slots, Slots};
-use crate::rewrite::{
-    fuse_attention, fuse_block_offsets, fuse_rope, last_position_logits, share_embedding_table, untie_shared_constants,
-};
+use crate::rewrite::{fuse_attention, fuse_rope, last_position_logits, share_embedding_table, untie_shared_constants};
 
 /// The optimised, runnable decoder, shared by all sessions of a model.
 #[derive(Debug)]
@@ -107,8 +105,6 @@ impl DecoderGraph {
             last_position_logits(&mut typed, &config.io.logits).map_err(|e| graph_err("slicing logits", e))?;
         }
         fuse_attention(&mut typed, config).map_err(|e| graph_err("fusing attention", e))?;
-        let offsets = fuse_block_offsets(&mut typed).map_err(|e| graph_err("fusing 4-bit block offsets", e))?;
-        log::debug!("fused {offsets} block offsets into 4-bit matmuls");
         let rope = fuse_rope(&mut typed, config).map_err(|e| graph_err("fusing rope", e))?;
         log::debug!("fused {rope} rotary embeddings");
         let shared = share_embedding_table(&mut typed).map_err(|e| graph_err("sharing the embedding table", e))?;

@@ -32,6 +32,7 @@ mod interface;
 mod memory;
 mod model;
 mod nbits;
+mod offsets;
 mod perplexity;
 mod q4;
 mod q8;

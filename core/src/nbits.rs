@@ -28,6 +28,7 @@ use tract_onnx::tract_hir::ops::logic::wire_with_rank_broadcast;
 use tract_onnx::Onnx;
 
 use crate::external;
+use crate::offsets;
 use crate::q4::Q4Matrix;
 use crate::q8::Q8Matrix;
 use crate::qblock::{Blocks, BLOCK};
@@ -52,6 +53,8 @@ struct NodeWeights {
     b: TensorProto,
     scales: TensorProto,
     zero_points: Option<TensorProto>,
+    /// The block-offset term's `[K/32, N]` offsets (`offsets.rs`).
+    offsets: Option<TensorProto>,
 }
 
 /// `[n, k]` at `bits` per weight.
@@ -114,7 +117,11 @@ impl NodeWeights {
         // Sizes from a damaged file must not overflow below (they are checked against the data).
         n.checked_mul(k).and_then(|nk| nk.checked_mul(bits)).context("N × K overflows")?;
         let zero_points = self.zero_points.map(|z| external::load_tensor(&z, model_dir)).transpose()?;
-        let blocks = blocks(n, k, bits, &external::load_tensor(&self.scales, model_dir)?, zero_points.as_ref())?;
+        let mut blocks = blocks(n, k, bits, &external::load_tensor(&self.scales, model_dir)?, zero_points.as_ref())?;
+        if let Some(table) = self.offsets {
+            let per_row = offsets::per_row(&external::load_tensor(&table, model_dir)?, n, k)?;
+            blocks.add_offsets(&per_row).context("offset count")?;
+        }
         let b = external::load_tensor(&self.b, model_dir)?;
         ensure!(
             b.len() * b.datum_type().size_of() == n * k * bits / 8,
@@ -131,14 +138,18 @@ impl NodeWeights {
 }
 
 /// Takes the constant inputs (B, scales, zero points) of every `MatMulNBits` node this module
-/// imports out of the graph (see the module doc) and gives each node a slot attribute instead.
+/// imports out of the graph (see the module doc) and gives each node a slot attribute instead; a
+/// node's block-offset term (`offsets.rs`) goes with its weights, and its nodes leave the graph.
 /// An initializer another node also reads is copied, not moved.
 pub fn detach_weights(proto: &mut ModelProto) -> TractResult<Detached> {
     let mut detached = Detached::default();
     let Some(graph) = proto.graph.as_mut() else { return Ok(detached) };
     let mut readers: HashMap<String, usize> = HashMap::new();
     count_readers(graph, &mut readers);
-    for node in graph.node.iter_mut() {
+    let index = offsets::Index::new(graph, readers);
+    let mut dropped: Vec<usize> = vec![];
+    for at in 0..graph.node.len() {
+        let node = &graph.node[at];
         if node.op_type != "MatMulNBits" || !supported(node)? {
             continue;
         }
@@ -148,23 +159,32 @@ pub fn detach_weights(proto: &mut ModelProto) -> TractResult<Detached> {
         if !(is_initializer(1) && is_initializer(2) && (no_input(3) || is_initializer(3))) {
             continue;
         }
-        let mut take = |i: usize| -> Option<TensorProto> {
-            let name = std::mem::take(node.input.get_mut(i).filter(|n| !n.is_empty())?);
+        let shape = Shape::of(node)?;
+        let term = offsets::find(graph, &index, at, shape.n, shape.k);
+        let mut take = |name: String| -> Option<TensorProto> {
             let at = graph.initializer.iter().position(|t| t.name == name)?;
-            Some(if readers.get(&name) == Some(&1) {
+            Some(if index.readers(&name) == 1 {
                 graph.initializer.swap_remove(at)
             } else {
                 graph.initializer[at].clone()
             })
         };
-        let (b, scales, zero_points) = (take(1), take(2), take(3));
-        let weights = NodeWeights {
-            shape: Shape::of(node)?,
-            b: b.context("checked above")?,
-            scales: scales.context("checked above")?,
-            zero_points,
+        let node = &mut graph.node[at];
+        let mut input = |i: usize| node.input.get_mut(i).filter(|n| !n.is_empty()).map(std::mem::take);
+        let (b, scales, zero_points) = (input(1), input(2), input(3));
+        let mut weights = NodeWeights {
+            shape,
+            b: b.and_then(&mut take).context("checked above")?,
+            scales: scales.and_then(&mut take).context("checked above")?,
+            zero_points: zero_points.and_then(&mut take),
+            offsets: None,
         };
-        node.attribute.push(AttributeProto {
+        if let Some(term) = term {
+            weights.offsets = Some(take(term.offsets).context("offsets initializer found above")?);
+            graph.node[at].output[0] = term.output;
+            dropped.extend(term.nodes);
+        }
+        graph.node[at].attribute.push(AttributeProto {
             name: SLOT_ATTR.into(),
             r#type: AttributeType::Int as i32,
             i: detached.0.len() as i64,
@@ -172,6 +192,12 @@ pub fn detach_weights(proto: &mut ModelProto) -> TractResult<Detached> {
         });
         detached.0.push(weights);
     }
+    dropped.sort_unstable();
+    let mut at = 0;
+    graph.node.retain(|_| {
+        at += 1;
+        dropped.binary_search(&(at - 1)).is_err()
+    });
     Ok(detached)
 }
 
@@ -393,6 +419,7 @@ mod tests {
                 Zeros::Packed(z) => Some(initializer("z", &[z.len()], z)),
                 Zeros::Float(z) => Some(initializer("z", &[z.len()], z)),
             },
+            offsets: None,
         };
         let loaded = Detached(vec![weights]).load(None).unwrap();
         let mut model = InferenceModel::default();

@@ -61,11 +61,6 @@ impl Q4Matrix {
         &self.blocks
     }
 
-    /// Shape, scales and offsets, to add offsets to.
-    pub fn blocks_mut(&mut self) -> &mut Blocks {
-        &mut self.blocks
-    }
-
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.codes.len() + self.blocks.bytes()

@@ -40,11 +40,6 @@ impl Q8Matrix {
         &self.blocks
     }
 
-    /// Shape, scales and offsets, to add offsets to.
-    pub fn blocks_mut(&mut self) -> &mut Blocks {
-        &mut self.blocks
-    }
-
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.codes.len() + self.blocks.bytes()

@@ -29,14 +29,6 @@ impl QWeight {
         }
     }
 
-    /// Shape, scales and offsets, to add offsets to.
-    pub fn blocks_mut(&mut self) -> &mut Blocks {
-        match self {
-            QWeight::Q4(m) => m.blocks_mut(),
-            QWeight::Q8(m) => m.blocks_mut(),
-        }
-    }
-
     /// Output features.
     pub fn n(&self) -> usize {
         self.blocks().n()

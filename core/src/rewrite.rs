@@ -10,9 +10,7 @@ use tract_onnx::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_core::ops::konst::Const;
 
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
-use tract_onnx::tract_core::ops::einsum::EinSum;
-use tract_onnx::tract_core::ops::math::{Add, Mul, Sub};
-use tract_onnx::tract_core::ops::nn::{Reduce, Reducer};
+use tract_onnx::tract_core::ops::math::{Mul, Sub};
 
 use crate::attention::CachedAttention;
 use crate::config::ModelConfig;
@@ -261,61 +259,4 @@ fn lookup_end(model: &TypedModel, gather: usize) -> Option<usize> {
 
 fn is_128(t: &Tensor) -> bool {
     t.len() == 1 && t.cast_to_scalar::<f32>().is_ok_and(|v| v == 128.0)
-}
-
-/// Folds each asymmetric 4-bit linear's offset term into its [`QLinear`]. The converter writes
-/// `Add(MatMulNBits(x), MatMul(ReduceSum(x in blocks of 32), offsetsᵀ))` (onnxruntime runs it as
-/// is); a separate reduce and small matmul per linear cost ~20% of decode. Returns how many.
-pub fn fuse_block_offsets(model: &mut TypedModel) -> TractResult<usize> {
-    let mut fused = 0;
-    for id in model.eval_order()? {
-        let node = model.node(id);
-        if !node.op_as::<TypedBinOp>().is_some_and(|op| op.0.is::<Add>()) || node.inputs.len() != 2 {
-            continue;
-        }
-        let Some((linear, offsets)) = [0, 1].iter().find_map(|&i| {
-            let (a, b) = (node.inputs[i], node.inputs[1 - i]);
-            model.node(a.node).op_as::<QLinear>()?;
-            let x = model.node(a.node).inputs[0];
-            Some((a, block_offsets(model, b, x)?))
-        }) else {
-            continue;
-        };
-        if model.outlet_successors(linear).len() != 1 {
-            continue; // another node reads the product without the offsets
-        }
-        let op = model.node_mut(linear.node).op_as_mut::<QLinear>().expect("found above");
-        // The weight is changed where it is (copied only if another op shares it).
-        let weight = Arc::make_mut(&mut op.weight);
-        let (n, blocks) = (weight.n(), weight.k() / crate::qblock::BLOCK);
-        ensure!(offsets.shape() == [blocks, n], "offsets {:?} for a {n}x{} weight", offsets.shape(), weight.k());
-        let view = offsets.to_plain_array_view::<f32>()?;
-        let per_row: Vec<f32> = (0..n * blocks).map(|i| view[[i % blocks, i / blocks]]).collect();
-        weight.blocks_mut().add_offsets(&per_row).context("offset count")?;
-        let mut patch = TypedModelPatch::new("fuse block offsets");
-        let wire = patch.tap_model(model, linear)?;
-        patch.shunt_outside(model, id.into(), wire)?;
-        patch.apply(model)?;
-        fused += 1;
-    }
-    Ok(fused)
-}
-
-/// The `[blocks, n]` constant of `EinSum(RmAxis(Reduce<Sum>(Reshape(x))), offsets)` at `outlet`.
-fn block_offsets(model: &TypedModel, outlet: OutletId, x: OutletId) -> Option<Arc<Tensor>> {
-    let einsum = model.node(outlet.node);
-    einsum.op_as::<EinSum>()?;
-    let konst = model.node(einsum.inputs.get(1)?.node).op_as::<Const>()?.val().clone();
-    let mut sums = model.node(einsum.inputs[0].node);
-    if sums.op_is::<tract_onnx::tract_core::ops::change_axes::AxisOp>() {
-        sums = model.node(sums.inputs[0].node);
-    }
-    let reduce = sums.op_as::<Reduce>()?;
-    let reshape = model.node(sums.inputs[0].node);
-    let blocked = model.outlet_fact(sums.inputs[0]).ok()?;
-    let last = blocked.rank().checked_sub(1)?;
-    let is_block_sum = matches!(reduce.reducer, Reducer::Sum)
-        && reduce.axes.as_slice() == [last]
-        && blocked.shape[last] == crate::qblock::BLOCK.to_dim();
-    (is_block_sum && reshape.inputs.first() == Some(&x)).then_some(konst)
 }
