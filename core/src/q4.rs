@@ -77,7 +77,7 @@ impl Q4Matrix {
             WRow { codes: &codes[j * row_bytes..][..row_bytes], scales, offsets }
         };
         // The kernel is chosen once for all weight rows.
-        let kernel = dot_kernel();
+        let kernel = dot_kernel(x.rows() == 1);
         if x.rows() == 1 {
             // Decode: one activation row.
             let x = row(0);
@@ -120,7 +120,7 @@ struct WRow<'a> {
 /// `Σ_b d_b · sx_b · Σ_i (code_i - 8) · q_i + Σ_b o_b · Σ_i x_i`.
 fn dot(w: &WRow, x: &XRow) -> f32 {
     // SAFETY: `dot_kernel` returns only kernels whose CPU features are present.
-    unsafe { dot_kernel()(w, x) }
+    unsafe { dot_kernel(true)(w, x) }
 }
 
 /// A [`dot`] kernel. Unsafe to call on a CPU without the features it is compiled for.
@@ -131,11 +131,14 @@ pub fn kernel_name() -> &'static str {
     Isa::detect().name()
 }
 
-/// The fastest [`dot`] kernel this CPU runs (safe to call here).
-fn dot_kernel() -> DotKernel {
+/// The fastest [`dot`] kernel this CPU runs (safe to call here); for `decode` (one activation
+/// row: each weight row is read once) one that prefetches the rows ahead.
+fn dot_kernel(decode: bool) -> DotKernel {
     match Isa::detect() {
         #[cfg(target_arch = "x86_64")]
-        Isa::AvxVnni => dot_vnni,
+        Isa::AvxVnni if decode => dot_vnni::<true>,
+        #[cfg(target_arch = "x86_64")]
+        Isa::AvxVnni => dot_vnni::<false>,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => dot_avx2,
         #[cfg(target_arch = "aarch64")]
@@ -226,10 +229,11 @@ unsafe fn dot_avx2(w: &WRow, x: &XRow) -> f32 {
     dot4_avx2::<1>(w, [*x])[0]
 }
 
-/// One activation row with AVX-VNNI: unsigned codes times q, minus the precomputed `8 · Σ q` term.
+/// One activation row with AVX-VNNI: unsigned codes times q, minus the precomputed `8 · Σ q` term;
+/// with `PREFETCH`, the weight rows ahead are prefetched (decode).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,avxvnni")]
-unsafe fn dot_vnni(w: &WRow, x: &XRow) -> f32 {
+unsafe fn dot_vnni<const PREFETCH: bool>(w: &WRow, x: &XRow) -> f32 {
     use std::arch::x86_64::*;
     let nb = w.scales.len();
     debug_assert!(w.codes.len() >= nb * BLOCK / 2 && x.q.len() >= nb * BLOCK && x.corrections.len() >= nb);
@@ -239,10 +243,10 @@ unsafe fn dot_vnni(w: &WRow, x: &XRow) -> f32 {
         // The rows `PREFETCH_BYTES` of codes ahead: a line of codes every 4 blocks, of scales and
         // offsets every 16 (`wrapping_add`: past the matrix's end it is only a hint).
         let ahead = b + PREFETCH_BYTES / (BLOCK / 2);
-        if b % 4 == 0 {
+        if PREFETCH && b % 4 == 0 {
             _mm_prefetch::<_MM_HINT_T0>(w.codes.as_ptr().wrapping_add(ahead * BLOCK / 2) as *const i8);
         }
-        if b % 16 == 0 {
+        if PREFETCH && b % 16 == 0 {
             _mm_prefetch::<_MM_HINT_T0>(w.scales.as_ptr().wrapping_add(ahead) as *const i8);
             _mm_prefetch::<_MM_HINT_T0>(w.offsets.as_ptr().wrapping_add(ahead) as *const i8);
         }

@@ -87,7 +87,7 @@ impl Q8Matrix {
     /// As [`crate::q4::Q4Matrix::matmul_rows`].
     pub fn matmul_rows(&self, x: &QuantizedRows, rows: std::ops::Range<usize>, y: &mut [f32], y_stride: usize) {
         let k = self.blocks.k();
-        let kernel = dot_kernel();
+        let kernel = dot_kernel(x.rows() == 1);
         let codes = self.codes.signed();
         let xs: Vec<XRow> = (0..x.rows()).map(|r| x.row(r)).collect();
         for (jj, j) in rows.enumerate() {
@@ -123,12 +123,19 @@ pub fn kernel_name() -> &'static str {
     isa().name()
 }
 
-fn dot_kernel() -> DotKernel {
+/// The fastest kernel this CPU runs; for `decode` (one activation row: each weight row is read
+/// once) one that prefetches the rows ahead, else (each weight row read for several activation
+/// rows, already in cache after the first) one that does not.
+fn dot_kernel(decode: bool) -> DotKernel {
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::AvxVnni => dot_vnni,
+        Isa::AvxVnni if decode => dot_vnni::<true>,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => dot_avx2,
+        Isa::AvxVnni => dot_vnni::<false>,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if decode => dot_avx2::<true>,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => dot_avx2::<false>,
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => dot_neon,
         _ => dot_scalar,
@@ -151,19 +158,19 @@ fn dot_scalar(w: &WRow8, x: &XRow) -> f32 {
 /// [`dot_avx2`] with AVX-VNNI: one `vpdpbusd` per block instead of maddubs + madd.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,avxvnni")]
-unsafe fn dot_vnni(w: &WRow8, x: &XRow) -> f32 {
-    dot_x86::<true>(w, x)
+unsafe fn dot_vnni<const PREFETCH: bool>(w: &WRow8, x: &XRow) -> f32 {
+    dot_x86::<true, PREFETCH>(w, x)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(w: &WRow8, x: &XRow) -> f32 {
-    dot_x86::<false>(w, x)
+unsafe fn dot_avx2<const PREFETCH: bool>(w: &WRow8, x: &XRow) -> f32 {
+    dot_x86::<false, PREFETCH>(w, x)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn dot_x86<const VNNI: bool>(w: &WRow8, x: &XRow) -> f32 {
+unsafe fn dot_x86<const VNNI: bool, const PREFETCH: bool>(w: &WRow8, x: &XRow) -> f32 {
     use std::arch::x86_64::*;
     let nb = w.scales.len();
     debug_assert!(w.codes.len() >= nb * BLOCK && x.q.len() >= nb * BLOCK && x.scales.len() >= nb);
@@ -173,10 +180,10 @@ unsafe fn dot_x86<const VNNI: bool>(w: &WRow8, x: &XRow) -> f32 {
         // The rows `PREFETCH_BYTES` of codes ahead: a line of codes every 2 blocks, of scales
         // every 16 (`wrapping_add`: past the matrix's end it is only a hint).
         let ahead = b + PREFETCH_BYTES / BLOCK;
-        if b % 2 == 0 {
+        if PREFETCH && b % 2 == 0 {
             _mm_prefetch::<_MM_HINT_T0>(w.codes.as_ptr().wrapping_add(ahead * BLOCK));
         }
-        if b % 16 == 0 {
+        if PREFETCH && b % 16 == 0 {
             _mm_prefetch::<_MM_HINT_T0>(w.scales.as_ptr().wrapping_add(ahead) as *const i8);
         }
         let c = _mm256_loadu_si256(w.codes.as_ptr().add(b * BLOCK) as *const __m256i);
@@ -267,7 +274,7 @@ mod tests {
                 #[cfg(target_arch = "x86_64")]
                 if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                     // SAFETY: checked above.
-                    let avx2 = unsafe { dot_avx2(&w, &xr) } as f64;
+                    let avx2 = unsafe { dot_avx2::<true>(&w, &xr) } as f64;
                     assert!((avx2 - want).abs() <= 1e-4 * (1.0 + want.abs()), "{avx2} vs {want}");
                 }
             }
