@@ -133,6 +133,7 @@ pub fn kernel_name() -> &'static str {
 
 /// The fastest [`dot`] kernel this CPU runs (safe to call here); for `decode` (one activation
 /// row: each weight row is read once) one that prefetches the rows ahead.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] // prefetching kernels are x86 only
 fn dot_kernel(decode: bool) -> DotKernel {
     match Isa::detect() {
         #[cfg(target_arch = "x86_64")]

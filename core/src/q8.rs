@@ -126,6 +126,7 @@ pub fn kernel_name() -> &'static str {
 /// The fastest kernel this CPU runs; for `decode` (one activation row: each weight row is read
 /// once) one that prefetches the rows ahead, else (each weight row read for several activation
 /// rows, already in cache after the first) one that does not.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] // prefetching kernels are x86 only
 fn dot_kernel(decode: bool) -> DotKernel {
     match isa() {
         #[cfg(target_arch = "x86_64")]
