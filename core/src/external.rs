@@ -5,7 +5,7 @@
 //! model, each mapping faulted in and torn down), copies the range into a buffer, and the
 //! tensor is then made from a second copy of that buffer. [`Reader`] reads the range with one
 //! `read` call; [`load_tensor`] skips the buffer too (used for the quantized weights, most of
-//! the file: see `nbits::detach_weights`).
+//! the file: see `weights::detach_weights`).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};

@@ -79,7 +79,7 @@ impl DecoderGraph {
         crate::table::register(&mut onnx);
         let cannot_parse = |e| graph_err(&format!("cannot parse {} as ONNX", path.display()), e);
         let mut proto = onnx.proto_model_for_path(path).map_err(cannot_parse)?;
-        let detached = crate::nbits::detach_weights(&mut proto).map_err(cannot_parse)?;
+        let detached = crate::weights::detach_weights(&mut proto).map_err(cannot_parse)?;
         let tables = crate::table::detach_tables(&mut proto, &detached).map_err(cannot_parse)?;
         log::debug!("{} quantized matmuls ({tables} token tables among them): read beside the parser", detached.len());
         let dir = path.parent().and_then(Path::to_str);

@@ -1,7 +1,7 @@
 //! pocketlm: an offline small-language-model runtime on tract.
 //!
 //! Data flows one way: model directory -> [`Model`] (verified, shared) -> [`Session`] (tokens +
-//! KV cache) -> [`Sampler`] -> text stream -> caller. [`generate`], [`Chat`] and [`summarize`]
+//! KV cache) -> [`Sampler`] -> text stream -> caller. [`generate()`], [`Chat`] and [`summarize`]
 //! are the tasks on top; [`perplexity`] measures a model on a text.
 //!
 //! ```no_run
@@ -48,6 +48,7 @@ mod table;
 mod template;
 mod text_stream;
 mod tokenizer;
+mod weights;
 
 pub use cancel::CancelToken;
 pub use chat::Chat;

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! [`find`] recognises exactly that around a `MatMulNBits` node, each intermediate read by the
-//! next step only; `nbits::detach_weights` then drops those five nodes, reads the offsets with the
+//! next step only; `weights::detach_weights` then drops those five nodes, reads the offsets with the
 //! node's weight and adds them to its block offsets. tract never sees the ~1 000 nodes (faster
 //! type analysis) nor the offsets in f16 and f32 (~16 MB less at the load's peak).
 
@@ -42,7 +42,7 @@ pub struct Index {
 }
 
 impl Index {
-    /// The index of `graph`; `readers` counts the readers of each value (`nbits::count_readers`,
+    /// The index of `graph`; `readers` counts the readers of each value (`weights::count_readers`,
     /// which also counts graph outputs and subgraphs).
     pub fn new(graph: &GraphProto, readers: HashMap<String, usize>) -> Self {
         let mut producer = HashMap::new();
@@ -208,7 +208,7 @@ mod tests {
 
     fn found(g: &GraphProto) -> Option<OffsetTerm> {
         let mut readers = HashMap::new();
-        crate::nbits::count_readers(g, &mut readers);
+        crate::weights::count_readers(g, &mut readers);
         find(g, &Index::new(g, readers), 0, 8, 64)
     }
 

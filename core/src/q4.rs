@@ -126,7 +126,7 @@ fn dot(w: &WRow, x: &XRow) -> f32 {
 /// A [`dot`] kernel. Unsafe to call on a CPU without the features it is compiled for.
 type DotKernel = unsafe fn(&WRow, &XRow) -> f32;
 
-/// Name of the 4-bit kernel [`dot_kernel`] picks on this CPU (for logs and benchmarks).
+/// Name of the 4-bit kernel `dot_kernel` picks on this CPU (for logs and benchmarks).
 pub fn kernel_name() -> &'static str {
     Isa::detect().name()
 }

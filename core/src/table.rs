@@ -18,8 +18,8 @@ use tract_onnx::tract_hir::internal::*;
 use tract_onnx::Onnx;
 
 use crate::embed::GatherCodes;
-use crate::nbits::{count_readers, Detached};
 use crate::qlinear::QWeight;
+use crate::weights::{count_readers, Detached};
 
 /// The node attribute [`detach_tables`] leaves: `[slot, rows, columns]` of the head's weight.
 const TABLE_ATTR: &str = "pocketlm.table_of";
@@ -230,7 +230,7 @@ mod tests {
             ..Default::default()
         };
         let mut proto = ModelProto { graph: Some(graph), ..Default::default() };
-        let detached = crate::nbits::detach_weights(&mut proto).unwrap();
+        let detached = crate::weights::detach_weights(&mut proto).unwrap();
         assert_eq!(detach_tables(&mut proto, &detached).unwrap(), 1);
         let graph = proto.graph.unwrap();
         let mut left: Vec<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();

@@ -1,0 +1,313 @@
+//! The quantized weights of an ONNX graph, taken out before tract parses it. tract's parser reads
+//! every initializer into a buffer and copies it again; [`detach_weights`] instead moves the
+//! constant inputs of each `MatMulNBits` node pocketlm imports (`nbits.rs`) — with the node's
+//! block-offset term (`offsets.rs`) — out of the graph, leaving the node a slot number, and
+//! [`Detached::load`] reads them (on another thread, while tract parses) once, straight into their
+//! final buffers, repacked there.
+
+use std::collections::HashMap;
+
+use tract_onnx::pb::attribute_proto::AttributeType;
+use tract_onnx::pb::tensor_proto::DataLocation;
+use tract_onnx::pb::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::internal::*;
+
+use crate::external;
+use crate::offsets;
+use crate::q4::Q4Matrix;
+use crate::q8::Q8Matrix;
+use crate::qblock::{Blocks, BLOCK};
+use crate::qlinear::QWeight;
+
+/// The node attribute [`detach_weights`] leaves: the node's index in [`Detached`].
+pub(crate) const SLOT_ATTR: &str = "pocketlm.weights";
+
+/// The weights [`detach_weights`] took out of a graph, one entry per node (its slot), still in
+/// the file.
+#[derive(Debug, Default)]
+pub struct Detached(pub(crate) Vec<NodeWeights>);
+
+#[derive(Debug)]
+pub(crate) struct NodeWeights {
+    pub(crate) shape: Shape,
+    pub(crate) b: TensorProto,
+    pub(crate) scales: TensorProto,
+    pub(crate) zero_points: Option<TensorProto>,
+    /// The block-offset term's `[K/32, N]` offsets (`offsets.rs`).
+    pub(crate) offsets: Option<TensorProto>,
+}
+
+/// `[n, k]` at `bits` per weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Shape {
+    pub(crate) n: usize,
+    pub(crate) k: usize,
+    pub(crate) bits: usize,
+}
+
+impl Shape {
+    pub(crate) fn of(node: &NodeProto) -> TractResult<Shape> {
+        Ok(Shape { n: node.get_attr("N")?, k: node.get_attr("K")?, bits: node.get_attr_opt("bits")?.unwrap_or(4) })
+    }
+}
+
+impl Detached {
+    /// How many nodes' weights were detached.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Reads every node's weights (files relative to `model_dir`) straight into their own memory
+    /// and repacks them there: one [`QWeight`] per slot.
+    pub fn load(self, model_dir: Option<&str>) -> TractResult<Vec<QWeight>> {
+        self.0
+            .into_iter()
+            .map(|w| {
+                let name = w.b.name.clone();
+                w.load(model_dir).with_context(|| format!("MatMulNBits weight {name}"))
+            })
+            .collect()
+    }
+}
+
+impl Detached {
+    /// The 8-bit slot whose weight bytes are exactly `table`'s: a `[n, k]` uint8 initializer in
+    /// the same range of the same external data file (as the converter writes a tied embedding).
+    pub fn table_slot(&self, table: &TensorProto) -> Option<usize> {
+        let range = external_range(table)?;
+        let dims: Vec<usize> = table.dims.iter().map(|&d| usize::try_from(d).ok()).collect::<Option<_>>()?;
+        self.0.iter().position(|w| {
+            let Shape { n, k, bits } = w.shape;
+            bits == 8 && dims == [n, k] && external_range(&w.b).as_ref() == Some(&range)
+        })
+    }
+}
+
+/// `(location, offset, length)` of a tensor held in external data (not inline).
+fn external_range(t: &TensorProto) -> Option<(String, String, String)> {
+    let external = t.data_location == Some(DataLocation::External as i32) && t.raw_data.is_empty();
+    let entry = |key: &str| t.external_data.iter().find(|e| e.key == key).map(|e| e.value.clone());
+    external.then_some(())?;
+    Some((entry("location")?, entry("offset").unwrap_or_default(), entry("length")?))
+}
+
+impl NodeWeights {
+    fn load(self, model_dir: Option<&str>) -> TractResult<QWeight> {
+        let Shape { n, k, bits } = self.shape;
+        // Sizes from a damaged file must not overflow below (they are checked against the data).
+        n.checked_mul(k).and_then(|nk| nk.checked_mul(bits)).context("N × K overflows")?;
+        let zero_points = self.zero_points.map(|z| external::load_tensor(&z, model_dir)).transpose()?;
+        let mut blocks = blocks(n, k, bits, &external::load_tensor(&self.scales, model_dir)?, zero_points.as_ref())?;
+        if let Some(table) = self.offsets {
+            let per_row = offsets::per_row(&external::load_tensor(&table, model_dir)?, n, k)?;
+            blocks.add_offsets(&per_row).context("offset count")?;
+        }
+        let b = external::load_tensor(&self.b, model_dir)?;
+        ensure!(
+            b.len() * b.datum_type().size_of() == n * k * bits / 8,
+            "B has shape {:?}, expected {n}×{k} at {bits} bits",
+            b.shape()
+        );
+        let weight = if bits == 4 {
+            Q4Matrix::from_nbits(b, blocks).map(QWeight::Q4)
+        } else {
+            Q8Matrix::from_nbits(b, blocks).map(QWeight::Q8)
+        };
+        weight.context("inconsistent sizes")
+    }
+}
+
+/// Takes the constant inputs (B, scales, zero points) of every `MatMulNBits` node this module
+/// imports out of the graph (see the module doc) and gives each node a slot attribute instead; a
+/// node's block-offset term (`offsets.rs`) goes with its weights, and its nodes leave the graph.
+/// An initializer another node also reads is copied, not moved.
+pub fn detach_weights(proto: &mut ModelProto) -> TractResult<Detached> {
+    let mut detached = Detached::default();
+    let Some(graph) = proto.graph.as_mut() else { return Ok(detached) };
+    let mut readers: HashMap<String, usize> = HashMap::new();
+    count_readers(graph, &mut readers);
+    let index = offsets::Index::new(graph, readers);
+    let mut dropped: Vec<usize> = vec![];
+    for at in 0..graph.node.len() {
+        let node = &graph.node[at];
+        if node.op_type != "MatMulNBits" || !supported(node)? {
+            continue;
+        }
+        let is_initializer =
+            |i: usize| node.input.get(i).is_some_and(|n| graph.initializer.iter().any(|t| &t.name == n));
+        let no_input = |i: usize| node.input.get(i).is_none_or(String::is_empty);
+        if !(is_initializer(1) && is_initializer(2) && (no_input(3) || is_initializer(3))) {
+            continue;
+        }
+        let shape = Shape::of(node)?;
+        let term = offsets::find(graph, &index, at, shape.n, shape.k);
+        let mut take = |name: String| -> Option<TensorProto> {
+            let at = graph.initializer.iter().position(|t| t.name == name)?;
+            Some(if index.readers(&name) == 1 {
+                graph.initializer.swap_remove(at)
+            } else {
+                graph.initializer[at].clone()
+            })
+        };
+        let node = &mut graph.node[at];
+        let mut input = |i: usize| node.input.get_mut(i).filter(|n| !n.is_empty()).map(std::mem::take);
+        let (b, scales, zero_points) = (input(1), input(2), input(3));
+        let mut weights = NodeWeights {
+            shape,
+            b: b.and_then(&mut take).context("checked above")?,
+            scales: scales.and_then(&mut take).context("checked above")?,
+            zero_points: zero_points.and_then(&mut take),
+            offsets: None,
+        };
+        if let Some(term) = term {
+            weights.offsets = Some(take(term.offsets).context("offsets initializer found above")?);
+            graph.node[at].output[0] = term.output;
+            dropped.extend(term.nodes);
+        }
+        graph.node[at].attribute.push(AttributeProto {
+            name: SLOT_ATTR.into(),
+            r#type: AttributeType::Int as i32,
+            i: detached.0.len() as i64,
+            ..Default::default()
+        });
+        detached.0.push(weights);
+    }
+    dropped.sort_unstable();
+    let mut at = 0;
+    graph.node.retain(|_| {
+        at += 1;
+        dropped.binary_search(&(at - 1)).is_err()
+    });
+    Ok(detached)
+}
+
+/// How many times each value name is read: by node inputs (subgraphs included, as they may
+/// read the outer graph's values) and as a graph output.
+pub(crate) fn count_readers(graph: &GraphProto, readers: &mut HashMap<String, usize>) {
+    let names = graph.node.iter().flat_map(|n| &n.input).chain(graph.output.iter().map(|o| &o.name));
+    for name in names.filter(|n| !n.is_empty()) {
+        *readers.entry(name.clone()).or_default() += 1;
+    }
+    for attr in graph.node.iter().flat_map(|n| &n.attribute) {
+        attr.g.iter().chain(&attr.graphs).for_each(|g| count_readers(g, readers));
+    }
+}
+
+/// Whether this module can import `node`: 4 or 8 bits, blocks of 32, no `g_idx`.
+fn supported(node: &NodeProto) -> TractResult<bool> {
+    let Shape { k, bits, .. } = Shape::of(node)?;
+    let block_size: usize = node.get_attr("block_size")?;
+    let g_idx = node.input.get(4).is_some_and(|name| !name.is_empty());
+    Ok((bits == 4 || bits == 8) && block_size == BLOCK && k.is_multiple_of(BLOCK) && !g_idx)
+}
+
+/// The block parameters of a `[n, k]` weight from `MatMulNBits` scales and zero points.
+pub(crate) fn blocks(
+    n: usize,
+    k: usize,
+    bits: usize,
+    scales: &Tensor,
+    zero_points: Option<&Tensor>,
+) -> TractResult<Blocks> {
+    let blocks = k / BLOCK;
+    let scales = scales.cast_to::<f32>()?;
+    let scales: Vec<f32> = scales.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+    ensure!(scales.len() == n * blocks, "{} scales, expected {}", scales.len(), n * blocks);
+    let mid = (1u32 << (bits - 1)) as f32;
+    let offsets = match zero_points {
+        None => None,
+        Some(zp) => {
+            let zeros: Vec<f32> = if zp.datum_type() == u8::datum_type() {
+                let packed = zp.try_as_plain_ram()?;
+                let packed: &[u8] = packed.as_slice()?;
+                let per_byte = 8 / bits;
+                let row_bytes = blocks.div_ceil(per_byte);
+                ensure!(packed.len() == n * row_bytes, "{} zero-point bytes", packed.len());
+                let mask = ((1u16 << bits) - 1) as u8;
+                (0..n * blocks)
+                    .map(|i| (i / blocks, i % blocks))
+                    .map(|(row, blk)| (packed[row * row_bytes + blk / per_byte] >> (bits * (blk % per_byte))) & mask)
+                    .map(f32::from)
+                    .collect()
+            } else {
+                let zeros = zp.cast_to::<f32>()?;
+                zeros.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()
+            };
+            ensure!(zeros.len() == n * blocks, "{} zero points", zeros.len());
+            Some(zeros.iter().zip(&scales).map(|(z, s)| (mid - z) * s).collect())
+        }
+    };
+    Blocks::new(n, k, scales, offsets).context("inconsistent sizes")
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// An initializer holding `values` inline.
+    pub(crate) fn initializer<T: Datum + Copy>(name: &str, dims: &[usize], values: &[T]) -> TensorProto {
+        use tract_onnx::pb::tensor_proto::DataType;
+        let dt = if T::datum_type() == u8::datum_type() { DataType::Uint8 } else { DataType::Float };
+        let raw = unsafe { std::slice::from_raw_parts(values.as_ptr() as *const u8, std::mem::size_of_val(values)) };
+        TensorProto {
+            name: name.into(),
+            data_type: dt as i32,
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            raw_data: raw.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn nbits_node(name: &str, inputs: &[&str], bits: i64) -> NodeProto {
+        let int = |name: &str, i: i64| AttributeProto {
+            name: name.into(),
+            r#type: AttributeType::Int as i32,
+            i,
+            ..Default::default()
+        };
+        NodeProto {
+            name: name.into(),
+            op_type: "MatMulNBits".into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![format!("{name}.y")],
+            attribute: vec![int("K", 64), int("N", 8), int("bits", bits), int("block_size", 32)],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn detaching_moves_private_weights_copies_shared_ones_and_skips_unsupported_nodes() {
+        let graph = GraphProto {
+            node: vec![
+                nbits_node("a", &["x", "wa", "sa"], 4),
+                nbits_node("b", &["x", "wb", "shared", "zb"], 8),
+                nbits_node("c", &["x", "wc", "shared"], 3),
+                nbits_node("d", &["x", "computed", "sa"], 4),
+            ],
+            initializer: ["wa", "sa", "wb", "shared", "zb", "wc"]
+                .iter()
+                .map(|n| initializer::<u8>(n, &[1], &[0]))
+                .collect(),
+            ..Default::default()
+        };
+        let mut proto = ModelProto { graph: Some(graph), ..Default::default() };
+        let detached = detach_weights(&mut proto).unwrap();
+        assert_eq!(detached.len(), 2);
+        let graph = proto.graph.unwrap();
+        let mut left: Vec<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+        left.sort();
+        // `sa` is also read by `d` (not detached: its B is computed), `shared` by `c` (3 bits).
+        assert_eq!(left, ["sa", "shared", "wc"]);
+        assert_eq!(graph.node[0].input, ["x", "", ""]);
+        assert_eq!(graph.node[1].input, ["x", "", "", ""]);
+        assert_eq!(graph.node[2].input, ["x", "wc", "shared"]);
+        assert_eq!(graph.node[3].input, ["x", "computed", "sa"]);
+        assert_eq!(graph.node[1].get_attr::<i64>(SLOT_ATTR).unwrap(), 1);
+        assert_eq!(graph.node[2].get_attr_opt::<i64>(SLOT_ATTR).unwrap(), None);
+        let names =
+            |w: &NodeWeights| (w.b.name.clone(), w.scales.name.clone(), w.zero_points.as_ref().map(|z| z.name.clone()));
+        assert_eq!(names(&detached.0[1]), ("wb".into(), "shared".into(), Some("zb".into())));
+        assert_eq!(detached.0[1].shape, Shape { n: 8, k: 64, bits: 8 });
+    }
+}
