@@ -1,8 +1,8 @@
 //! pocketlm: an offline small-language-model runtime on tract.
 //!
 //! Data flows one way: model directory -> [`Model`] (verified, shared) -> [`Session`] (tokens +
-//! KV cache) -> [`Sampler`] -> text stream -> caller. [`generate()`], [`Chat`] and [`summarize`]
-//! are the tasks on top; [`perplexity`] measures a model on a text.
+//! KV cache) -> [`Sampler`] -> text stream -> caller. [`generate()`], [`Chat`] and [`summarize()`]
+//! are the tasks on top; [`perplexity()`] measures a model on a text.
 //!
 //! ```no_run
 //! use pocketlm::{CancelToken, GenerateParams, Model, ModelOptions, SessionOptions};
