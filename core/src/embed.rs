@@ -18,6 +18,29 @@ pub struct EmbedQ8 {
     pub table: Arc<crate::qlinear::QWeight>,
 }
 
+/// `[.., k]` rows of `T` for the token ids `ids` (`[..]`), row `id` written by `row`.
+fn look_up<T: Datum>(
+    table: &crate::qlinear::QWeight,
+    ids: &TValue,
+    row: impl Fn(&Q8Matrix, usize, &mut [T]),
+) -> TractResult<TVec<TValue>> {
+    let table = matrix(table)?;
+    let (n, k) = (table.blocks().n(), table.blocks().k());
+    let mut shape: TVec<usize> = ids.shape().into();
+    shape.push(k);
+    let ids = ids.cast_to::<i64>()?;
+    let ids = ids.try_as_plain_ram()?;
+    let ids: &[i64] = ids.as_slice()?;
+    let mut out = Tensor::zero_dt(T::datum_type(), &shape)?;
+    let mut view = out.to_plain_array_view_mut::<T>()?;
+    let rows = view.as_slice_mut().context("fresh tensor is contiguous")?;
+    for (&id, out) in ids.iter().zip(rows.chunks_exact_mut(k)) {
+        ensure!((0..n as i64).contains(&id), "token id {id} outside the table ({n} rows)");
+        row(table, id as usize, out);
+    }
+    Ok(tvec!(out.into_tvalue()))
+}
+
 /// The 8-bit matrix of a token table.
 fn matrix(table: &crate::qlinear::QWeight) -> TractResult<&Q8Matrix> {
     match table {
@@ -40,21 +63,7 @@ impl EvalOp for EmbedQ8 {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let table = matrix(&self.table)?;
-        let (n, k) = (table.blocks().n(), table.blocks().k());
-        let ids = inputs[0].cast_to::<i64>()?;
-        let ids = ids.try_as_plain_ram()?;
-        let ids: &[i64] = ids.as_slice()?;
-        let mut shape: TVec<usize> = inputs[0].shape().into();
-        shape.push(k);
-        let mut out = Tensor::zero::<f32>(&shape)?;
-        let mut view = out.to_plain_array_view_mut::<f32>()?;
-        let rows = view.as_slice_mut().context("fresh tensor is contiguous")?;
-        for (&id, row) in ids.iter().zip(rows.chunks_exact_mut(k)) {
-            ensure!((0..n as i64).contains(&id), "token id {id} outside the table ({n} rows)");
-            table.dequantize_row(id as usize, row);
-        }
-        Ok(tvec!(out.into_tvalue()))
+        look_up(&self.table, &inputs[0], Q8Matrix::dequantize_row)
     }
 }
 
@@ -90,21 +99,7 @@ impl EvalOp for GatherCodes {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let table = matrix(&self.table)?;
-        let (n, k) = (table.blocks().n(), table.blocks().k());
-        let ids = inputs[0].cast_to::<i64>()?;
-        let ids = ids.try_as_plain_ram()?;
-        let ids: &[i64] = ids.as_slice()?;
-        let mut shape: TVec<usize> = inputs[0].shape().into();
-        shape.push(k);
-        let mut out = Tensor::zero::<u8>(&shape)?;
-        let mut view = out.to_plain_array_view_mut::<u8>()?;
-        let rows = view.as_slice_mut().context("fresh tensor is contiguous")?;
-        for (&id, row) in ids.iter().zip(rows.chunks_exact_mut(k)) {
-            ensure!((0..n as i64).contains(&id), "token id {id} outside the table ({n} rows)");
-            table.unsigned_row(id as usize, row);
-        }
-        Ok(tvec!(out.into_tvalue()))
+        look_up(&self.table, &inputs[0], Q8Matrix::unsigned_row)
     }
 }
 

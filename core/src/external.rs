@@ -41,20 +41,41 @@ impl ModelDataResolver for Reader {
     }
 }
 
+/// Where a tensor's external data is: a file of the model directory and a byte range of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Range {
+    /// The file, relative to the model directory.
+    pub location: String,
+    /// First byte.
+    pub offset: usize,
+    /// Bytes, when given (else to the end of the file).
+    pub length: Option<usize>,
+}
+
+impl Range {
+    /// `proto`'s external-data range; `None` if its data is inline.
+    pub fn of(proto: &TensorProto) -> TractResult<Option<Range>> {
+        let external = proto.data_location == Some(DataLocation::External as i32) && proto.raw_data.is_empty();
+        if !external {
+            return Ok(None);
+        }
+        let entry = |key: &str| proto.external_data.iter().find(|e| e.key == key).map(|e| e.value.as_str());
+        let location =
+            entry("location").with_context(|| format!("tensor {}: no external data location", proto.name))?;
+        let number = |key: &str| -> TractResult<Option<usize>> {
+            entry(key).map(|v| v.parse().with_context(|| format!("tensor {}: bad {key} {v:?}", proto.name))).transpose()
+        };
+        Ok(Some(Range { location: location.into(), offset: number("offset")?.unwrap_or(0), length: number("length")? }))
+    }
+}
+
 /// The tensor `proto` describes: its external data (in a file of `model_dir`) read directly into
 /// the tensor's own memory; inline data as tract reads it.
 pub fn load_tensor(proto: &TensorProto, model_dir: Option<&str>) -> TractResult<Tensor> {
-    let external = proto.data_location == Some(DataLocation::External as i32) && proto.raw_data.is_empty();
-    if !external {
+    let Some(Range { location, offset, length }) = Range::of(proto)? else {
         return tract_onnx::tensor::load_tensor(&Reader, proto, model_dir);
-    }
-    let dir = model_dir.context("external data needs the model's directory")?;
-    let entry = |key: &str| proto.external_data.iter().find(|e| e.key == key).map(|e| e.value.as_str());
-    let location = entry("location").with_context(|| format!("tensor {}: no external data location", proto.name))?;
-    let number = |key: &str| -> TractResult<Option<usize>> {
-        entry(key).map(|v| v.parse().with_context(|| format!("tensor {}: bad {key} {v:?}", proto.name))).transpose()
     };
-    let offset = number("offset")?.unwrap_or(0);
+    let dir = model_dir.context("external data needs the model's directory")?;
     let dt: DatumType = DataType::try_from(proto.data_type)
         .map_err(|_| format_err!("tensor {}: unknown data type {}", proto.name, proto.data_type))?
         .try_into()?;
@@ -70,13 +91,13 @@ pub fn load_tensor(proto: &TensorProto, model_dir: Option<&str>) -> TractResult<
         .iter()
         .try_fold(dt.size_of(), |bytes, &d| bytes.checked_mul(d))
         .with_context(|| format!("tensor {}: shape {shape:?} overflows", proto.name))?;
-    let length = number("length")?.unwrap_or(expected);
+    let length = length.unwrap_or(expected);
     ensure!(
         length == expected,
         "tensor {}: {length} bytes of external data for {expected} of {dt:?} {shape:?}",
         proto.name
     );
-    let path = resolve(Path::new(dir), location)?;
+    let path = resolve(Path::new(dir), &location)?;
     let mut file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
     check_range(&path, offset, length, file.metadata()?.len() as usize)?;
     let mut tensor = unsafe { Tensor::uninitialized_dt(dt, &shape)? };
@@ -109,23 +130,7 @@ fn check_range(path: &Path, offset: usize, length: usize, size: usize) -> TractR
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tract_onnx::pb::StringStringEntryProto;
-
-    fn external(name: &str, dt: DataType, dims: &[i64], location: &str, offset: usize, length: usize) -> TensorProto {
-        let entry = |k: &str, v: String| StringStringEntryProto { key: k.into(), value: v };
-        TensorProto {
-            name: name.into(),
-            data_type: dt as i32,
-            dims: dims.to_vec(),
-            data_location: Some(DataLocation::External as i32),
-            external_data: vec![
-                entry("location", location.into()),
-                entry("offset", offset.to_string()),
-                entry("length", length.to_string()),
-            ],
-            ..Default::default()
-        }
-    }
+    use crate::proto_test::external;
 
     fn data_dir(bytes: &[u8]) -> (PathBuf, String) {
         let dir = std::env::temp_dir().join(format!("pocketlm-external-{}-{:p}", std::process::id(), bytes));

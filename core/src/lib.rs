@@ -34,6 +34,8 @@ mod model;
 mod nbits;
 mod offsets;
 mod perplexity;
+#[cfg(test)]
+mod proto_test;
 mod q4;
 mod q8;
 mod qblock;

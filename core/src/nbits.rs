@@ -155,8 +155,8 @@ pub fn pack(model: &mut TypedModel, weights: Vec<QWeight>) -> TractResult<Vec<Op
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto_test::inline;
     use crate::qblock::BLOCK;
-    use crate::weights::tests::initializer;
     use crate::weights::{Detached, NodeWeights};
 
     fn lcg(seed: &mut u64) -> u64 {
@@ -177,12 +177,12 @@ mod tests {
         let shape = Shape { n, k, bits };
         let weights = NodeWeights {
             shape,
-            b: initializer("b", &[n, k / BLOCK, BLOCK * bits / 8], &b),
-            scales: initializer("s", &[n * k / BLOCK], &scales),
+            b: inline("b", &[n, k / BLOCK, BLOCK * bits / 8], &b),
+            scales: inline("s", &[n * k / BLOCK], &scales),
             zero_points: match zeros {
                 Zeros::Default => None,
-                Zeros::Packed(z) => Some(initializer("z", &[z.len()], z)),
-                Zeros::Float(z) => Some(initializer("z", &[z.len()], z)),
+                Zeros::Packed(z) => Some(inline("z", &[z.len()], z)),
+                Zeros::Float(z) => Some(inline("z", &[z.len()], z)),
             },
             offsets: None,
         };

@@ -120,18 +120,10 @@ pub fn find(graph: &GraphProto, index: &Index, at: usize, n: usize, k: usize) ->
     })
 }
 
-/// The values of an int64 initializer held inline.
+/// The values of an int64 initializer held inline (external data is not read here).
 fn int64s(t: &TensorProto) -> Option<Vec<i64>> {
-    if t.data_type != DataType::Int64 as i32 {
-        return None;
-    }
-    if !t.int64_data.is_empty() {
-        return Some(t.int64_data.clone());
-    }
-    t.raw_data
-        .len()
-        .is_multiple_of(8)
-        .then(|| t.raw_data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+    let tensor = tract_onnx::tensor::load_tensor(&crate::external::Reader, t, None).ok()?;
+    Some(tensor.try_as_plain_ram().ok()?.as_slice::<i64>().ok()?.to_vec())
 }
 
 /// The loaded `[K/32, N]` offsets as `[N][K/32]` (per weight row, as `Blocks` holds them).
@@ -147,36 +139,7 @@ pub fn per_row(offsets: &Tensor, n: usize, k: usize) -> TractResult<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tract_onnx::pb::attribute_proto::AttributeType;
-    use tract_onnx::pb::{AttributeProto, NodeProto};
-
-    fn node(op: &str, inputs: &[&str], output: &str, ints: &[(&str, i64)]) -> NodeProto {
-        NodeProto {
-            op_type: op.into(),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![output.into()],
-            attribute: ints
-                .iter()
-                .map(|&(n, i)| AttributeProto {
-                    name: n.into(),
-                    r#type: AttributeType::Int as i32,
-                    i,
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }
-    }
-
-    fn int64(name: &str, values: &[i64]) -> TensorProto {
-        TensorProto {
-            name: name.into(),
-            data_type: DataType::Int64 as i32,
-            dims: vec![values.len() as i64],
-            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ..Default::default()
-        }
-    }
+    use crate::proto_test::{int64, node};
 
     /// The converter's Q4_1 linear of `[n, k] = [8, 64]`, with `edit` applied.
     fn graph(edit: impl FnOnce(&mut GraphProto)) -> GraphProto {

@@ -172,60 +172,29 @@ pub fn pack(model: &mut TypedModel, packed: &[Option<Arc<QWeight>>]) -> TractRes
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tract_onnx::pb::tensor_proto::DataLocation;
-    use tract_onnx::pb::{GraphProto, StringStringEntryProto, TensorProto};
+    use crate::proto_test::{external, nbits_node, node};
+    use tract_onnx::pb::GraphProto;
 
-    fn external(name: &str, dt: DataType, dims: &[i64], offset: usize, length: usize) -> TensorProto {
-        let entry = |k: &str, v: String| StringStringEntryProto { key: k.into(), value: v };
-        TensorProto {
-            name: name.into(),
-            data_type: dt as i32,
-            dims: dims.to_vec(),
-            data_location: Some(DataLocation::External as i32),
-            external_data: vec![
-                entry("location", "w.data".into()),
-                entry("offset", offset.to_string()),
-                entry("length", length.to_string()),
-            ],
-            ..Default::default()
-        }
-    }
-
-    fn node(op: &str, name: &str, inputs: &[&str], ints: &[(&str, i64)]) -> NodeProto {
-        NodeProto {
-            name: name.into(),
-            op_type: op.into(),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![format!("{name}.y")],
-            attribute: ints
-                .iter()
-                .map(|&(n, i)| AttributeProto {
-                    name: n.into(),
-                    r#type: AttributeType::Int as i32,
-                    i,
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }
+    /// `name`, `length` bytes at `offset` of `w.data`.
+    fn data(name: &str, dt: DataType, dims: &[i64], offset: usize, length: usize) -> tract_onnx::pb::TensorProto {
+        external(name, dt, dims, "w.data", offset, length)
     }
 
     #[test]
     fn only_a_table_in_the_8_bit_heads_own_bytes_is_detached() {
-        let nbits = [("K", 64), ("N", 10), ("bits", 8), ("block_size", 32)];
         let graph = GraphProto {
             node: vec![
-                node("Gather", "lookup", &["table", "ids"], &[]),
-                node("Gather", "other", &["elsewhere", "ids"], &[]),
-                node("Gather", "scales_lookup", &["scales", "ids"], &[]),
-                node("MatMulNBits", "head", &["x", "head.w", "head.s"], &nbits),
+                node("Gather", &["table", "ids"], "lookup", &[]),
+                node("Gather", &["elsewhere", "ids"], "other", &[]),
+                node("Gather", &["scales", "ids"], "scales_lookup", &[]),
+                nbits_node(&["x", "head.w", "head.s"], "head", 8),
             ],
             initializer: vec![
-                external("table", DataType::Uint8, &[10, 64], 0, 640),
-                external("elsewhere", DataType::Uint8, &[10, 64], 640, 640),
-                external("scales", DataType::Float, &[10, 2], 1280, 80),
-                external("head.w", DataType::Uint8, &[10, 2, 32], 0, 640),
-                external("head.s", DataType::Float, &[20], 1280, 80),
+                data("table", DataType::Uint8, &[8, 64], 0, 512),
+                data("elsewhere", DataType::Uint8, &[8, 64], 512, 512),
+                data("scales", DataType::Float, &[8, 2], 1024, 64),
+                data("head.w", DataType::Uint8, &[8, 2, 32], 0, 512),
+                data("head.s", DataType::Float, &[16], 1024, 64),
             ],
             ..Default::default()
         };
@@ -237,7 +206,7 @@ mod tests {
         left.sort();
         assert_eq!(left, ["elsewhere", "scales"], "the table and the head's weights are detached");
         assert_eq!(graph.node[0].input, ["", "ids"]);
-        assert_eq!(graph.node[0].get_attr_tvec::<i64>(TABLE_ATTR).unwrap().to_vec(), [0, 10, 64]);
+        assert_eq!(graph.node[0].get_attr_tvec::<i64>(TABLE_ATTR).unwrap().to_vec(), [0, 8, 64]);
         assert!(graph.node[1].get_attr_opt_tvec::<i64>(TABLE_ATTR).unwrap().is_none(), "other bytes stay");
         assert!(graph.node[2].get_attr_opt_tvec::<i64>(TABLE_ATTR).unwrap().is_none(), "not uint8");
     }

@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 
 use tract_onnx::pb::attribute_proto::AttributeType;
-use tract_onnx::pb::tensor_proto::DataLocation;
 use tract_onnx::pb::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
@@ -75,21 +74,13 @@ impl Detached {
     /// The 8-bit slot whose weight bytes are exactly `table`'s: a `[n, k]` uint8 initializer in
     /// the same range of the same external data file (as the converter writes a tied embedding).
     pub fn table_slot(&self, table: &TensorProto) -> Option<usize> {
-        let range = external_range(table)?;
+        let range = external::Range::of(table).ok()??;
         let dims: Vec<usize> = table.dims.iter().map(|&d| usize::try_from(d).ok()).collect::<Option<_>>()?;
         self.0.iter().position(|w| {
             let Shape { n, k, bits } = w.shape;
-            bits == 8 && dims == [n, k] && external_range(&w.b).as_ref() == Some(&range)
+            bits == 8 && dims == [n, k] && external::Range::of(&w.b).ok().flatten().as_ref() == Some(&range)
         })
     }
-}
-
-/// `(location, offset, length)` of a tensor held in external data (not inline).
-fn external_range(t: &TensorProto) -> Option<(String, String, String)> {
-    let external = t.data_location == Some(DataLocation::External as i32) && t.raw_data.is_empty();
-    let entry = |key: &str| t.external_data.iter().find(|e| e.key == key).map(|e| e.value.clone());
-    external.then_some(())?;
-    Some((entry("location")?, entry("offset").unwrap_or_default(), entry("length")?))
 }
 
 impl NodeWeights {
@@ -242,53 +233,20 @@ pub(crate) fn blocks(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    /// An initializer holding `values` inline.
-    pub(crate) fn initializer<T: Datum + Copy>(name: &str, dims: &[usize], values: &[T]) -> TensorProto {
-        use tract_onnx::pb::tensor_proto::DataType;
-        let dt = if T::datum_type() == u8::datum_type() { DataType::Uint8 } else { DataType::Float };
-        let raw = unsafe { std::slice::from_raw_parts(values.as_ptr() as *const u8, std::mem::size_of_val(values)) };
-        TensorProto {
-            name: name.into(),
-            data_type: dt as i32,
-            dims: dims.iter().map(|&d| d as i64).collect(),
-            raw_data: raw.to_vec(),
-            ..Default::default()
-        }
-    }
-
-    fn nbits_node(name: &str, inputs: &[&str], bits: i64) -> NodeProto {
-        let int = |name: &str, i: i64| AttributeProto {
-            name: name.into(),
-            r#type: AttributeType::Int as i32,
-            i,
-            ..Default::default()
-        };
-        NodeProto {
-            name: name.into(),
-            op_type: "MatMulNBits".into(),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![format!("{name}.y")],
-            attribute: vec![int("K", 64), int("N", 8), int("bits", bits), int("block_size", 32)],
-            ..Default::default()
-        }
-    }
+    use crate::proto_test::{inline, nbits_node};
 
     #[test]
     fn detaching_moves_private_weights_copies_shared_ones_and_skips_unsupported_nodes() {
         let graph = GraphProto {
             node: vec![
-                nbits_node("a", &["x", "wa", "sa"], 4),
-                nbits_node("b", &["x", "wb", "shared", "zb"], 8),
-                nbits_node("c", &["x", "wc", "shared"], 3),
-                nbits_node("d", &["x", "computed", "sa"], 4),
+                nbits_node(&["x", "wa", "sa"], "a", 4),
+                nbits_node(&["x", "wb", "shared", "zb"], "b", 8),
+                nbits_node(&["x", "wc", "shared"], "c", 3),
+                nbits_node(&["x", "computed", "sa"], "d", 4),
             ],
-            initializer: ["wa", "sa", "wb", "shared", "zb", "wc"]
-                .iter()
-                .map(|n| initializer::<u8>(n, &[1], &[0]))
-                .collect(),
+            initializer: ["wa", "sa", "wb", "shared", "zb", "wc"].iter().map(|n| inline::<u8>(n, &[1], &[0])).collect(),
             ..Default::default()
         };
         let mut proto = ModelProto { graph: Some(graph), ..Default::default() };
