@@ -44,6 +44,11 @@ impl GraphState {
     }
 }
 
+/// A graph error: what failed and tract's reason.
+fn graph_err(what: &str, e: TractError) -> Error {
+    Error::Graph(format!("{what}: {e:#}"))
+}
+
 /// tract's typed model of the parsed `proto` (files relative to `dir`), checked against `config`.
 fn parse_and_type(
     onnx: &tract_onnx::Onnx,
@@ -52,7 +57,6 @@ fn parse_and_type(
     config: &ModelConfig,
     lap: &dyn Fn(&str),
 ) -> Result<TypedModel> {
-    let graph_err = |what: &str, e: TractError| Error::Graph(format!("{what}: {e:#}"));
     let parsed = onnx.parse(proto, dir).map_err(|e| graph_err("cannot parse the ONNX graph", e))?;
     if !parsed.unresolved_inputs.is_empty() {
         return Err(Error::Graph(format!("unresolved inputs {:?}", parsed.unresolved_inputs)));
@@ -70,7 +74,6 @@ impl DecoderGraph {
     /// Loads `path`, checks it is a causal LM matching `config`, and prepares it to run on
     /// `threads` threads.
     pub fn load(path: &Path, config: &ModelConfig, threads: usize, all_logits: bool) -> Result<Self> {
-        let graph_err = |what: &str, e: TractError| Error::Graph(format!("{what}: {e:#}"));
         let started = std::time::Instant::now();
         let lap = |what: &str| log::debug!("load: {what} at {:.0} ms", started.elapsed().as_secs_f64() * 1e3);
         let mut onnx = tract_onnx::onnx();
