@@ -218,7 +218,7 @@ unsafe fn dot4_avx2<const R: usize>(w: &WRow, x: [XRow; R]) -> [f32; R] {
     }
     let mut out = [0f32; R];
     for r in 0..R {
-        out[r] = hsum_avx2(acc[r]) + pair_dot_avx2(w.offsets, x[r].sums, &[], &[]);
+        out[r] = hsum_avx2(acc[r]) + dot_f32_avx2(w.offsets, x[r].sums);
     }
     out
 }
@@ -230,62 +230,88 @@ unsafe fn dot_avx2(w: &WRow, x: &XRow) -> f32 {
     dot4_avx2::<1>(w, [*x])[0]
 }
 
-/// One activation row with AVX-VNNI: unsigned codes times q, minus the precomputed `8 · Σ q` term;
-/// with `PREFETCH`, the weight rows ahead are prefetched (decode).
+/// One activation row with AVX-VNNI, two blocks per step: one 32-byte load holds both blocks'
+/// codes; their low nibbles (codes 0..16 of each) and high nibbles (16..32) are multiplied, as
+/// unsigned values, by the [`Paired`](crate::qblock::QuantizedRows) activations laid out to match,
+/// then the `8 · Σ q` the unsigned codes add is subtracted in the integers. Lanes 0..4 of a step
+/// hold block `b`, lanes 4..8 block `b + 1`: one conversion and one FMA per two blocks. With
+/// `PREFETCH`, the weight rows ahead are prefetched (decode).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,avxvnni")]
 unsafe fn dot_vnni<const PREFETCH: bool>(w: &WRow, x: &XRow) -> f32 {
     use std::arch::x86_64::*;
     let nb = w.scales.len();
-    debug_assert!(w.codes.len() >= nb * BLOCK / 2 && x.q.len() >= nb * BLOCK && x.corrections.len() >= nb);
+    let (pairs, sums, x) = (nb / 2, x.sums, x.paired);
+    debug_assert!(w.codes.len() >= nb * BLOCK / 2 && x.q.len() >= nb * BLOCK && x.scales.len() >= nb.div_ceil(2) * 8);
+    debug_assert!(x.corrections.len() >= nb.div_ceil(2) * 8);
     let low = _mm256_set1_epi8(0x0F);
+    let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+    let (codes, scales, xq, xs, xc) =
+        (w.codes.as_ptr(), w.scales.as_ptr(), x.q.as_ptr(), x.scales.as_ptr(), x.corrections.as_ptr());
+    // Blocks 2p and 2p + 1, scaled.
+    let pair = |p: usize| {
+        let raw = _mm256_loadu_si256(codes.add(p * BLOCK) as *const __m256i);
+        let (lo, hi) = (_mm256_and_si256(raw, low), _mm256_and_si256(_mm256_srli_epi16(raw, 4), low));
+        let q = xq.add(p * 2 * BLOCK);
+        let ints = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), lo, _mm256_loadu_si256(q as *const __m256i));
+        let ints = _mm256_dpbusd_avx_epi32(ints, hi, _mm256_loadu_si256(q.add(BLOCK) as *const __m256i));
+        let ints = _mm256_sub_epi32(ints, _mm256_loadu_si256(xc.add(p * 8) as *const __m256i));
+        // [d_2p; 4], [d_2p+1; 4] from one 8-byte load.
+        let d = _mm256_castps128_ps256(_mm_castsi128_ps(_mm_loadl_epi64(scales.add(2 * p) as *const __m128i)));
+        let scale = _mm256_mul_ps(_mm256_permutevar8x32_ps(d, spread), _mm256_loadu_ps(xs.add(p * 8)));
+        (_mm256_cvtepi32_ps(ints), scale)
+    };
     let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    for b in 0..nb {
-        // The rows `PREFETCH_BYTES` of codes ahead: a line of codes every 4 blocks, of scales and
-        // offsets every 16 (`wrapping_add`: past the matrix's end it is only a hint).
-        let ahead = b + PREFETCH_BYTES / (BLOCK / 2);
-        if PREFETCH && b % 4 == 0 {
-            _mm_prefetch::<_MM_HINT_T0>(w.codes.as_ptr().wrapping_add(ahead * BLOCK / 2) as *const i8);
+    let mut p = 0;
+    // Two pairs (64 bytes of codes: one cache line) per iteration, on two accumulators.
+    while p + 2 <= pairs {
+        if PREFETCH {
+            // The rows `PREFETCH_BYTES` of codes ahead, and their scales and offsets as many
+            // blocks ahead every 16 blocks (`wrapping_add`: past the matrix's end it is a hint).
+            let ahead = 2 * p + PREFETCH_BYTES / (BLOCK / 2);
+            _mm_prefetch::<_MM_HINT_T0>(codes.wrapping_add(ahead * BLOCK / 2) as *const i8);
+            if p % 8 == 0 {
+                _mm_prefetch::<_MM_HINT_T0>(scales.wrapping_add(ahead) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(w.offsets.as_ptr().wrapping_add(ahead) as *const i8);
+            }
         }
-        if PREFETCH && b % 16 == 0 {
-            _mm_prefetch::<_MM_HINT_T0>(w.scales.as_ptr().wrapping_add(ahead) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(w.offsets.as_ptr().wrapping_add(ahead) as *const i8);
-        }
-        let raw = _mm_loadu_si128(w.codes.as_ptr().add(b * BLOCK / 2) as *const __m128i);
-        let codes = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
-        let q = _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i);
-        let sums = _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), codes, q));
-        let scale = _mm256_set1_ps(*w.scales.get_unchecked(b) * *x.scales.get_unchecked(b));
-        // Two accumulators halve the FMA dependency chain.
-        if b % 2 == 0 {
-            acc0 = _mm256_fmadd_ps(sums, scale, acc0);
-        } else {
-            acc1 = _mm256_fmadd_ps(sums, scale, acc1);
-        }
+        let (s0, d0) = pair(p);
+        let (s1, d1) = pair(p + 1);
+        acc0 = _mm256_fmadd_ps(s0, d0, acc0);
+        acc1 = _mm256_fmadd_ps(s1, d1, acc1);
+        p += 2;
     }
-    hsum_avx2(_mm256_add_ps(acc0, acc1)) + pair_dot_avx2(w.offsets, x.sums, w.scales, x.corrections)
+    if p < pairs {
+        let (s, d) = pair(p);
+        acc0 = _mm256_fmadd_ps(s, d, acc0);
+    }
+    if nb % 2 == 1 {
+        // An odd last block, natural order: 16 bytes of codes, all eight lanes its own.
+        let b = nb - 1;
+        let raw = _mm_loadu_si128(codes.add(b * BLOCK / 2) as *const __m128i);
+        let codes = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
+        let q = _mm256_loadu_si256(xq.add(b * BLOCK) as *const __m256i);
+        let ints = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), codes, q);
+        let ints = _mm256_sub_epi32(ints, _mm256_loadu_si256(xc.add(pairs * 8) as *const __m256i));
+        let scale = _mm256_mul_ps(_mm256_set1_ps(*w.scales.get_unchecked(b)), _mm256_loadu_ps(xs.add(pairs * 8)));
+        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), scale, acc1);
+    }
+    hsum_avx2(_mm256_add_ps(acc0, acc1)) + dot_f32_avx2(w.offsets, sums)
 }
 
-/// `Σ a_i · b_i - Σ c_i · d_i` (either pair may be empty).
+/// `Σ a_i · b_i` (over the shorter slice; the offsets term, empty when symmetric).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pair_dot_avx2(a: &[f32], b: &[f32], c: &[f32], d: &[f32]) -> f32 {
+unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
     use std::arch::x86_64::*;
-    let (n, m) = (a.len().min(b.len()), c.len().min(d.len()));
+    let n = a.len().min(b.len());
     let mut acc = _mm256_setzero_ps();
     let mut i = 0;
     while i + 8 <= n {
         acc = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), acc);
         i += 8;
     }
-    let mut j = 0;
-    while j + 8 <= m {
-        acc = _mm256_fnmadd_ps(_mm256_loadu_ps(c.as_ptr().add(j)), _mm256_loadu_ps(d.as_ptr().add(j)), acc);
-        j += 8;
-    }
-    let mut sum = hsum_avx2(acc);
-    sum += (i..n).map(|i| a[i] * b[i]).sum::<f32>();
-    sum - (j..m).map(|j| c[j] * d[j]).sum::<f32>()
+    hsum_avx2(acc) + (i..n).map(|i| a[i] * b[i]).sum::<f32>()
 }
 
 /// `acc + Σ` of each four adjacent `a·b` byte products (`sdot`; the intrinsic is not stable yet).

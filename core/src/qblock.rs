@@ -157,21 +157,44 @@ impl Blocks {
     }
 
     /// Row `j`'s scales and offsets (empty when symmetric).
+    #[inline]
     pub(crate) fn row(&self, j: usize) -> (&[f32], &[f32]) {
         let nb = self.k / BLOCK;
         (&self.scales[j * nb..][..nb], self.offsets.as_ref().map_or(&[][..], |o| &o[j * nb..][..nb]))
     }
 }
 
-/// Activation rows quantized per block: int8 values, block scales, exact float block sums, and
-/// `8 · scale · Σ q` per block (what unsigned-code kernels subtract to get `(code - 8) · q`).
+/// Activation rows quantized per block: int8 values, block scales and exact float block sums;
+/// on CPUs with AVX-VNNI also a [`Paired`] copy for the 4-bit kernel that reads two blocks per load.
 #[derive(Debug, Default, Clone)]
 pub struct QuantizedRows {
     rows: usize,
     q: Vec<i8>,
     scales: Vec<f32>,
     sums: Vec<f32>,
-    corrections: Vec<f32>,
+    paired: Paired,
+}
+
+/// The activations laid out for a 4-bit kernel that loads two blocks' 32 bytes of codes at once
+/// and takes the low nibbles of both blocks, then the high ones (x86 VNNI). Per pair of blocks
+/// `(b, b + 1)`: `q` holds `q_b[..16], q_b+1[..16], q_b[16..], q_b+1[16..]` (64 bytes), `scales` the
+/// eight lanes `[s_b; 4], [s_b+1; 4]`, and `corrections` `[2 Σ q_b; 4], [2 Σ q_b+1; 4]`: the
+/// per-lane share of the `8 · Σ q` that unsigned codes add. An odd last block keeps its natural
+/// order, with `[s; 8]` and `[Σ q; 8]`.
+#[derive(Debug, Default, Clone)]
+struct Paired {
+    q: Vec<i8>,
+    scales: Vec<f32>,
+    corrections: Vec<i32>,
+}
+
+/// One row of [`Paired`] (empty slices where the CPU's kernel does not use them).
+#[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the VNNI kernel reads it
+pub(crate) struct PairedRow<'a> {
+    pub(crate) q: &'a [i8],
+    pub(crate) scales: &'a [f32],
+    pub(crate) corrections: &'a [i32],
 }
 
 /// One quantized activation row.
@@ -180,8 +203,8 @@ pub(crate) struct XRow<'a> {
     pub(crate) q: &'a [i8],
     pub(crate) scales: &'a [f32],
     pub(crate) sums: &'a [f32],
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the VNNI kernel needs it
-    pub(crate) corrections: &'a [f32],
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the VNNI kernel reads it
+    pub(crate) paired: PairedRow<'a>,
 }
 
 impl QuantizedRows {
@@ -194,20 +217,51 @@ impl QuantizedRows {
             q: vec![0; x.len()],
             scales: vec![0.0; blocks],
             sums: vec![0.0; blocks],
-            corrections: vec![0.0; blocks],
+            ..Self::default()
         };
         for (b, block) in x.chunks_exact(BLOCK).enumerate() {
             let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
             let inverse = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             out.scales[b] = amax / 127.0;
             out.sums[b] = block.iter().sum();
-            let q = &mut out.q[b * BLOCK..][..BLOCK];
-            for (q, v) in q.iter_mut().zip(block) {
+            for (q, v) in out.q[b * BLOCK..][..BLOCK].iter_mut().zip(block) {
                 *q = round_ties_even(v * inverse) as i8;
             }
-            out.corrections[b] = 8.0 * out.scales[b] * q.iter().map(|&v| v as i32).sum::<i32>() as f32;
+        }
+        if Isa::detect() == Isa::AvxVnni {
+            out.pair(k);
         }
         out
+    }
+
+    /// Fills [`Paired`] from `q` and `scales` (rows of `k` values).
+    fn pair(&mut self, k: usize) {
+        let nb = k / BLOCK;
+        let lanes = nb.div_ceil(2) * 8;
+        let paired = &mut self.paired;
+        paired.q = Vec::with_capacity(self.q.len());
+        paired.scales = Vec::with_capacity(self.rows * lanes);
+        paired.corrections = Vec::with_capacity(self.rows * lanes);
+        let sum = |q: &[i8]| q.iter().map(|&v| v as i32).sum::<i32>();
+        for (q, s) in self.q.chunks_exact(k).zip(self.scales.chunks_exact(nb)) {
+            for (q, s) in q.chunks_exact(2 * BLOCK).zip(s.chunks_exact(2)) {
+                let (a, b) = q.split_at(BLOCK);
+                for half in [0, BLOCK / 2] {
+                    paired.q.extend_from_slice(&a[half..][..BLOCK / 2]);
+                    paired.q.extend_from_slice(&b[half..][..BLOCK / 2]);
+                }
+                for (q, s) in [(a, s[0]), (b, s[1])] {
+                    paired.scales.extend([s; 4]);
+                    paired.corrections.extend([2 * sum(q); 4]);
+                }
+            }
+            if nb % 2 == 1 {
+                let last = &q[k - BLOCK..];
+                paired.q.extend_from_slice(last);
+                paired.scales.extend([s[nb - 1]; 8]);
+                paired.corrections.extend([sum(last); 8]);
+            }
+        }
     }
 
     /// Rows held.
@@ -216,13 +270,20 @@ impl QuantizedRows {
     }
 
     /// Row `r`.
+    #[inline]
     pub(crate) fn row(&self, r: usize) -> XRow<'_> {
         let (k, nb) = (self.q.len() / self.rows, self.scales.len() / self.rows);
+        let p = &self.paired;
+        let lanes = p.scales.len() / self.rows;
         XRow {
             q: &self.q[r * k..][..k],
             scales: &self.scales[r * nb..][..nb],
             sums: &self.sums[r * nb..][..nb],
-            corrections: &self.corrections[r * nb..][..nb],
+            paired: PairedRow {
+                q: p.q.get(r * k..(r + 1) * k).unwrap_or(&[]),
+                scales: p.scales.get(r * lanes..(r + 1) * lanes).unwrap_or(&[]),
+                corrections: p.corrections.get(r * lanes..(r + 1) * lanes).unwrap_or(&[]),
+            },
         }
     }
 }
