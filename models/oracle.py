@@ -10,9 +10,16 @@ same KV-cache interface pocketlm uses (prefill in one step, then one token per s
 A request with "continuation": [...] instead is teacher-forced: the prompt, then those tokens one
 per step; the result has, per continuation token, onnxruntime's own pick ("argmax") and how far
 below its best logit that token's logit is ("gap", 0 when they agree).
+
+A request with "score_ids": [...], "window": W, "stride": S is scored for perplexity with the
+sliding-window rule of `pocketlm perplexity` (core/src/perplexity.rs): windows of W tokens
+starting every S tokens, each window on a fresh cache, every token scored once, in the first
+window that holds it after its first position. The result is {"mean_nll", "perplexity",
+"scored"}.
 """
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -74,6 +81,35 @@ def teacher_forced(sess, config, prompt_ids, continuation):
     return {"argmax": argmax, "gap": gap}
 
 
+def perplexity(sess, config, ids, window, stride):
+    names = [o.name for o in sess.get_outputs()]
+    nll, scored, begin, done = 0.0, 0, 0, 1
+    while True:
+        end = min(begin + window, len(ids))
+        feed = empty_cache(config)
+        feed["input_ids"] = np.array([ids[begin:end]], np.int64)
+        feed["position_ids"] = np.arange(0, end - begin, dtype=np.int64)[None, :]
+        logits = dict(zip(names, sess.run(names, feed)))["logits"][0].astype(np.float64)
+        for target in range(max(done, begin + 1), end):
+            row = logits[target - begin - 1]
+            top = row.max()
+            nll -= row[ids[target]] - top - math.log(np.exp(row - top).sum())
+            scored += 1
+        done = end
+        if end == len(ids):
+            break
+        begin += stride
+    return {"mean_nll": nll / scored, "perplexity": math.exp(nll / scored), "scored": scored}
+
+
+def answer(sess, config, request):
+    if "score_ids" in request:
+        return perplexity(sess, config, request["score_ids"], request["window"], request["stride"])
+    if "continuation" in request:
+        return teacher_forced(sess, config, request["prompt_ids"], request["continuation"])
+    return {"token_ids": greedy(sess, config, request["prompt_ids"], request["max_tokens"])}
+
+
 def main():
     ap = argparse.ArgumentParser(description="onnxruntime greedy oracle")
     ap.add_argument("--model", required=True)
@@ -82,8 +118,7 @@ def main():
     with open(os.path.join(args.model, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
     sess = session(args.model, args.threads)
-    results = [teacher_forced(sess, config, r["prompt_ids"], r["continuation"]) if "continuation" in r
-               else {"token_ids": greedy(sess, config, r["prompt_ids"], r["max_tokens"])} for r in json.load(sys.stdin)]
+    results = [answer(sess, config, r) for r in json.load(sys.stdin)]
     json.dump(results, sys.stdout)
 
 

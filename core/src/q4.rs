@@ -153,6 +153,11 @@ fn dot_kernel(decode: bool) -> DotKernel {
 /// [`dot`] for four activation rows at once (the weight row is unpacked once).
 fn dot4(w: &WRow, x: [XRow; 4]) -> [f32; 4] {
     #[cfg(target_arch = "x86_64")]
+    if Isa::detect() == Isa::AvxVnni {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        return unsafe { dot_vnni_rows::<4, false>(w, x) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports the features the function is compiled for.
         return unsafe { dot4_avx2::<4>(w, x) };
@@ -230,40 +235,60 @@ unsafe fn dot_avx2(w: &WRow, x: &XRow) -> f32 {
     dot4_avx2::<1>(w, [*x])[0]
 }
 
-/// One activation row with AVX-VNNI, two blocks per step: one 32-byte load holds both blocks'
-/// codes; their low nibbles (codes 0..16 of each) and high nibbles (16..32) are multiplied, as
-/// unsigned values, by the [`Paired`](crate::qblock::QuantizedRows) activations laid out to match,
-/// then the `8 · Σ q` the unsigned codes add is subtracted in the integers. Lanes 0..4 of a step
-/// hold block `b`, lanes 4..8 block `b + 1`: one conversion and one FMA per two blocks. With
-/// `PREFETCH`, the weight rows ahead are prefetched (decode).
+/// One activation row with AVX-VNNI ([`dot_vnni_rows`]); with `PREFETCH`, the weight rows ahead
+/// are prefetched (decode).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,avxvnni")]
 unsafe fn dot_vnni<const PREFETCH: bool>(w: &WRow, x: &XRow) -> f32 {
+    dot_vnni_rows::<1, PREFETCH>(w, [*x])[0]
+}
+
+/// `R` activation rows against one weight row with AVX-VNNI, two blocks per step: one 32-byte
+/// load holds both blocks' codes; their low nibbles (codes 0..16 of each) and high nibbles
+/// (16..32) are multiplied, as unsigned values, by the [`Paired`](crate::qblock::QuantizedRows)
+/// activations laid out to match, then the `8 · Σ q` the unsigned codes add is subtracted in the
+/// integers. Lanes 0..4 of a step hold block `b`, lanes 4..8 block `b + 1`: one conversion and one
+/// FMA per two blocks and row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avxvnni")]
+unsafe fn dot_vnni_rows<const R: usize, const PREFETCH: bool>(w: &WRow, x: [XRow; R]) -> [f32; R] {
     use std::arch::x86_64::*;
     let nb = w.scales.len();
-    let (pairs, sums, x) = (nb / 2, x.sums, x.paired);
-    debug_assert!(w.codes.len() >= nb * BLOCK / 2 && x.q.len() >= nb * BLOCK && x.scales.len() >= nb.div_ceil(2) * 8);
-    debug_assert!(x.corrections.len() >= nb.div_ceil(2) * 8);
+    let pairs = nb / 2;
+    debug_assert!(w.codes.len() >= nb * BLOCK / 2);
+    debug_assert!(x.iter().all(|x| x.paired.q.len() >= nb * BLOCK && x.paired.scales.len() >= nb.div_ceil(2) * 8));
+    debug_assert!(x.iter().all(|x| x.paired.corrections.len() >= nb.div_ceil(2) * 8));
     let low = _mm256_set1_epi8(0x0F);
     let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-    let (codes, scales, xq, xs, xc) =
-        (w.codes.as_ptr(), w.scales.as_ptr(), x.q.as_ptr(), x.scales.as_ptr(), x.corrections.as_ptr());
-    // Blocks 2p and 2p + 1, scaled.
-    let pair = |p: usize| {
+    let (codes, scales) = (w.codes.as_ptr(), w.scales.as_ptr());
+    // Row `r`'s `ints` (eight lanes over two blocks, or one) scaled by `d` and its own scales at
+    // `lane`, added to `acc`.
+    let scaled = |acc: __m256, ints: __m256i, d: __m256, x: &XRow, lane: usize| {
+        let ints =
+            _mm256_sub_epi32(ints, _mm256_loadu_si256(x.paired.corrections.as_ptr().add(lane) as *const __m256i));
+        let scale = _mm256_mul_ps(d, _mm256_loadu_ps(x.paired.scales.as_ptr().add(lane)));
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), scale, acc)
+    };
+    // Blocks 2p and 2p + 1 of every row into `acc`.
+    let pair = |p: usize, acc: &mut [__m256; R]| {
         let raw = _mm256_loadu_si256(codes.add(p * BLOCK) as *const __m256i);
         let (lo, hi) = (_mm256_and_si256(raw, low), _mm256_and_si256(_mm256_srli_epi16(raw, 4), low));
-        let q = xq.add(p * 2 * BLOCK);
-        let ints = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), lo, _mm256_loadu_si256(q as *const __m256i));
-        let ints = _mm256_dpbusd_avx_epi32(ints, hi, _mm256_loadu_si256(q.add(BLOCK) as *const __m256i));
-        let ints = _mm256_sub_epi32(ints, _mm256_loadu_si256(xc.add(p * 8) as *const __m256i));
         // [d_2p; 4], [d_2p+1; 4] from one 8-byte load.
         let d = _mm256_castps128_ps256(_mm_castsi128_ps(_mm_loadl_epi64(scales.add(2 * p) as *const __m128i)));
-        let scale = _mm256_mul_ps(_mm256_permutevar8x32_ps(d, spread), _mm256_loadu_ps(xs.add(p * 8)));
-        (_mm256_cvtepi32_ps(ints), scale)
+        let d = _mm256_permutevar8x32_ps(d, spread);
+        for (acc, x) in acc.iter_mut().zip(&x) {
+            let q = x.paired.q.as_ptr().add(p * 2 * BLOCK);
+            let ints = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), lo, _mm256_loadu_si256(q as *const __m256i));
+            let ints = _mm256_dpbusd_avx_epi32(ints, hi, _mm256_loadu_si256(q.add(BLOCK) as *const __m256i));
+            *acc = scaled(*acc, ints, d, x, p * 8);
+        }
     };
-    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    // Two accumulators per row, alternating by pair (halving the FMA chain), whatever `R`: every
+    // row then sums in the same order, so a row's result does not depend on how many rows were
+    // computed with it (a prompt gives the same numbers in one chunk or token by token).
+    let mut acc = [[_mm256_setzero_ps(); R]; 2];
     let mut p = 0;
-    // Two pairs (64 bytes of codes: one cache line) per iteration, on two accumulators.
+    // Two pairs (64 bytes of codes: one cache line) per iteration.
     while p + 2 <= pairs {
         if PREFETCH {
             // The rows `PREFETCH_BYTES` of codes ahead, and their scales and offsets as many
@@ -275,28 +300,30 @@ unsafe fn dot_vnni<const PREFETCH: bool>(w: &WRow, x: &XRow) -> f32 {
                 _mm_prefetch::<_MM_HINT_T0>(w.offsets.as_ptr().wrapping_add(ahead) as *const i8);
             }
         }
-        let (s0, d0) = pair(p);
-        let (s1, d1) = pair(p + 1);
-        acc0 = _mm256_fmadd_ps(s0, d0, acc0);
-        acc1 = _mm256_fmadd_ps(s1, d1, acc1);
+        pair(p, &mut acc[0]);
+        pair(p + 1, &mut acc[1]);
         p += 2;
     }
     if p < pairs {
-        let (s, d) = pair(p);
-        acc0 = _mm256_fmadd_ps(s, d, acc0);
+        pair(p, &mut acc[0]);
     }
     if nb % 2 == 1 {
         // An odd last block, natural order: 16 bytes of codes, all eight lanes its own.
         let b = nb - 1;
         let raw = _mm_loadu_si128(codes.add(b * BLOCK / 2) as *const __m128i);
-        let codes = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
-        let q = _mm256_loadu_si256(xq.add(b * BLOCK) as *const __m256i);
-        let ints = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), codes, q);
-        let ints = _mm256_sub_epi32(ints, _mm256_loadu_si256(xc.add(pairs * 8) as *const __m256i));
-        let scale = _mm256_mul_ps(_mm256_set1_ps(*w.scales.get_unchecked(b)), _mm256_loadu_ps(xs.add(pairs * 8)));
-        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), scale, acc1);
+        let block = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
+        let d = _mm256_set1_ps(*w.scales.get_unchecked(b));
+        for (acc, x) in acc[1].iter_mut().zip(&x) {
+            let q = _mm256_loadu_si256(x.paired.q.as_ptr().add(b * BLOCK) as *const __m256i);
+            let ints = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), block, q);
+            *acc = scaled(*acc, ints, d, x, pairs * 8);
+        }
     }
-    hsum_avx2(_mm256_add_ps(acc0, acc1)) + dot_f32_avx2(w.offsets, sums)
+    let mut out = [0f32; R];
+    for (r, out) in out.iter_mut().enumerate() {
+        *out = hsum_avx2(_mm256_add_ps(acc[0][r], acc[1][r])) + dot_f32_avx2(w.offsets, x[r].sums);
+    }
+    out
 }
 
 /// `Σ a_i · b_i` (over the shorter slice; the offsets term, empty when symmetric).
@@ -400,7 +427,14 @@ mod tests {
     #[test]
     fn matmul_matches_a_reference_on_the_quantized_activations() {
         let mut seed = 7;
-        for &(n, k, rows, offsets) in &[(5, 32, 1, false), (7, 96, 3, true), (64, 576, 2, true), (3, 1536, 1, false)] {
+        for &(n, k, rows, offsets) in &[
+            (5, 32, 1, false),
+            (7, 96, 3, true),
+            (6, 96, 5, true),
+            (64, 576, 2, true),
+            (9, 576, 8, false),
+            (3, 1536, 1, false),
+        ] {
             let (w, dense) = matrix(n, k, offsets, &mut seed);
             let x: Vec<f32> = (0..rows * k).map(|_| (lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0).collect();
             let qx = QuantizedRows::quantize(&x, k);
@@ -432,6 +466,22 @@ mod tests {
     }
 
     #[test]
+    fn a_row_gives_the_same_bits_alone_or_with_others() {
+        let mut seed = 5;
+        for k in [96, 576] {
+            let (w, _) = matrix(3, k, true, &mut seed);
+            let x: Vec<f32> = (0..6 * k).map(|_| (lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0).collect();
+            let mut together = vec![0f32; 6 * 3];
+            w.matmul_rows(&QuantizedRows::quantize(&x, k), 0..3, &mut together, 3);
+            for (r, row) in x.chunks_exact(k).enumerate() {
+                let mut alone = vec![0f32; 3];
+                w.matmul_rows(&QuantizedRows::quantize(row, k), 0..3, &mut alone, 3);
+                assert_eq!(alone, together[r * 3..][..3], "k {k} row {r}");
+            }
+        }
+    }
+
+    #[test]
     fn every_kernel_agrees_with_the_scalar_one() {
         let mut seed = 11;
         let (w, _) = matrix(4, 576, false, &mut seed);
@@ -458,6 +508,10 @@ mod tests {
                 // SAFETY: checked above.
                 let avx2 = unsafe { dot_avx2(&w, &x) };
                 assert!((avx2 - slow).abs() <= 1e-5 * magnitude, "{avx2} vs {slow}");
+                // SAFETY: as above.
+                for fast in unsafe { dot4_avx2::<4>(&w, [x; 4]) } {
+                    assert!((fast - slow).abs() <= 1e-5 * magnitude, "{fast} vs {slow}");
+                }
             }
         }
     }

@@ -1,5 +1,5 @@
 //! Greedy output is token-identical to onnxruntime (the oracle, models/oracle.py) on the same
-//! ONNX file.
+//! ONNX file (near-identical for int8-activation models), and held-out perplexity agrees.
 //!
 //! Needs a Python with the pipeline's requirements: `POCKETLM_PYTHON`, else the venv that
 //! `pocketlm fetch` makes under `$POCKETLM_HOME` (default `~/.cache/pocketlm`), else `python3`.
@@ -15,7 +15,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use pocketlm::{
-    generate, CancelToken, GenerateParams, Message, Model, ModelOptions, Role, SamplingParams, SessionOptions,
+    generate, perplexity, CancelToken, GenerateParams, Message, Model, ModelOptions, PerplexityOptions, Role,
+    SamplingParams, SessionOptions,
 };
 
 const PROMPTS: &[(&str, bool)] = &[
@@ -79,8 +80,11 @@ fn greedy(model: &std::sync::Arc<Model>, prompt: &[u32], max_tokens: usize) -> V
     generate(&mut session, prompt, &params, &CancelToken::new(), &mut |_| {}).unwrap().token_ids
 }
 
-/// Most a chosen token's logit may sit below onnxruntime's best at the same step (nats).
-const MAX_GAP: f64 = 0.75;
+/// Most a chosen token's logit may sit below onnxruntime's best at the same step (nats). The
+/// worst step is a noisy statistic: three float summation orders of the same exact integer
+/// products in the 4-bit kernels (no change in accuracy: held-out perplexity within 0.15% of
+/// onnxruntime's for each) put the default model's worst step at 0.28, 0.48 and 0.79.
+const MAX_GAP: f64 = 1.0;
 /// Fewest steps at which both pick the same token.
 const MIN_AGREEMENT: f64 = 0.9;
 
@@ -142,6 +146,47 @@ fn check_parity(model_dir: &Path, max_tokens: usize) {
         PROMPTS.len(),
         mismatches.join("\n")
     );
+}
+
+/// Most pocketlm's perplexity on the held-out text may differ from onnxruntime's on the same
+/// file and windows, relative (measured on the default model: 0.01%; the float summation order of
+/// the 4-bit kernels alone moves it by up to 0.15%).
+const MAX_PERPLEXITY_DIFFERENCE: f64 = 0.005;
+
+/// Perplexity over `models/eval/heldout.txt` with `pocketlm perplexity`'s default windows agrees
+/// with onnxruntime's: a whole-distribution check over 1 820 tokens, where greedy parity looks
+/// only at each step's top token.
+fn check_perplexity(model_dir: &Path) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/eval/heldout.txt");
+    let text = pocketlm::text_from_bytes(std::fs::read(path).unwrap()).unwrap();
+    let model = Model::load(model_dir, &ModelOptions { threads: 1, all_logits: true }).unwrap();
+    let ids = model.tokenizer().encode(&text).unwrap();
+    let options = PerplexityOptions::default();
+    let mut session = model.session(SessionOptions::default()).unwrap();
+    let ours = perplexity(&mut session, &ids, options, &CancelToken::new(), &mut |_, _| {}).unwrap().unwrap();
+    let request = serde_json::json!([{"score_ids": ids, "window": options.window, "stride": options.stride}]);
+    let theirs = &oracle(model_dir, &request)[0];
+    let (their_ppl, their_scored) = (theirs["perplexity"].as_f64().unwrap(), theirs["scored"].as_u64().unwrap());
+    let difference = ours.perplexity / their_ppl - 1.0;
+    eprintln!("perplexity: pocketlm {:.4}, onnxruntime {their_ppl:.4} ({:+.3}%)", ours.perplexity, 100.0 * difference);
+    assert_eq!(ours.scored_tokens as u64, their_scored);
+    assert!(difference.abs() <= MAX_PERPLEXITY_DIFFERENCE, "{} vs onnxruntime's {their_ppl}", ours.perplexity);
+}
+
+#[test]
+#[ignore = "needs the converted default model: run through tests/run.sh (sets POCKETLM_DEFAULT_MODEL)"]
+fn perplexity_matches_onnxruntime_on_default_model() {
+    let dir =
+        std::env::var("POCKETLM_DEFAULT_MODEL").expect("POCKETLM_DEFAULT_MODEL must name the converted default model");
+    check_perplexity(Path::new(&dir));
+}
+
+#[test]
+#[ignore = "needs the converted pruned model: run through tests/run.sh (sets POCKETLM_PRUNED_MODEL)"]
+fn perplexity_matches_onnxruntime_on_pruned_model() {
+    let dir =
+        std::env::var("POCKETLM_PRUNED_MODEL").expect("POCKETLM_PRUNED_MODEL must name the pruned 4-bit conversion");
+    check_perplexity(Path::new(&dir));
 }
 
 #[test]
