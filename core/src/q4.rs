@@ -6,8 +6,10 @@
 //! `y = Σ_b d_b · sx_b · Σ_i (code_i - 8) · q_i + o_b · Σ_i x_i`: each block's integer dot
 //! product is exact, only the float sums round.
 
-use tract_onnx::prelude::Tensor;
+use tract_onnx::prelude::{f16, Tensor};
 
+#[cfg(target_arch = "x86_64")]
+use crate::qblock::f16_to_f32_x86;
 #[cfg(target_arch = "x86_64")]
 use crate::qblock::PREFETCH_BYTES;
 use crate::qblock::{Blocks, Codes, Isa, QuantizedRows, XRow, BLOCK};
@@ -112,8 +114,13 @@ impl Q4Matrix {
 #[derive(Clone, Copy)]
 struct WRow<'a> {
     codes: &'a [u8],
-    scales: &'a [f32],
-    offsets: &'a [f32],
+    scales: &'a [f16],
+    offsets: &'a [f16],
+}
+
+/// `Σ_b o_b · Σ_i x_i`: the offsets term (0 when symmetric).
+fn offsets_dot(offsets: &[f16], sums: &[f32]) -> f32 {
+    offsets.iter().zip(sums).map(|(o, s)| o.to_f32() * s).sum()
 }
 
 /// One weight row times one activation row:
@@ -158,7 +165,7 @@ fn dot4(w: &WRow, x: [XRow; 4]) -> [f32; 4] {
         return unsafe { dot_vnni_rows::<4, false>(w, x) };
     }
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+    if Isa::detect() == Isa::Avx2 {
         // SAFETY: the CPU supports the features the function is compiled for.
         return unsafe { dot4_avx2::<4>(w, x) };
     }
@@ -180,9 +187,9 @@ fn dot_scalar(w: &WRow, x: &XRow) -> f32 {
     let mut acc = 0f32;
     for b in 0..w.scales.len() {
         let i = block_dot(&w.codes[b * BLOCK / 2..][..BLOCK / 2], &x.q[b * BLOCK..][..BLOCK]);
-        acc += i as f32 * (w.scales[b] * x.scales[b]);
+        acc += i as f32 * (w.scales[b].to_f32() * x.scales[b]);
     }
-    acc + w.offsets.iter().zip(x.sums).map(|(o, s)| o * s).sum::<f32>()
+    acc + offsets_dot(w.offsets, x.sums)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -196,7 +203,7 @@ unsafe fn hsum_avx2(acc: std::arch::x86_64::__m256) -> f32 {
 
 /// `R` activation rows against one weight row, signed codes (maddubs with the sign moved onto q).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot4_avx2<const R: usize>(w: &WRow, x: [XRow; R]) -> [f32; R] {
     use std::arch::x86_64::*;
     let nb = w.scales.len();
@@ -211,7 +218,7 @@ unsafe fn dot4_avx2<const R: usize>(w: &WRow, x: [XRow; R]) -> [f32; R] {
         // [codes 0..16 | codes 16..32] as signed bytes in -8..=7.
         let signed = _mm256_sub_epi8(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low), eight);
         let magnitude = _mm256_sign_epi8(signed, signed);
-        let d = *w.scales.get_unchecked(b);
+        let d = f16_to_f32_x86(*w.scales.get_unchecked(b));
         for r in 0..R {
             let q = _mm256_loadu_si256(x[r].q.as_ptr().add(b * BLOCK) as *const __m256i);
             // maddubs multiplies unsigned by signed: move the code's sign onto q.
@@ -223,14 +230,14 @@ unsafe fn dot4_avx2<const R: usize>(w: &WRow, x: [XRow; R]) -> [f32; R] {
     }
     let mut out = [0f32; R];
     for r in 0..R {
-        out[r] = hsum_avx2(acc[r]) + dot_f32_avx2(w.offsets, x[r].sums);
+        out[r] = hsum_avx2(acc[r]) + offsets_dot_avx2(w.offsets, x[r].sums);
     }
     out
 }
 
 /// [`dot4_avx2`] for one activation row.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_avx2(w: &WRow, x: &XRow) -> f32 {
     dot4_avx2::<1>(w, [*x])[0]
 }
@@ -238,7 +245,7 @@ unsafe fn dot_avx2(w: &WRow, x: &XRow) -> f32 {
 /// One activation row with AVX-VNNI ([`dot_vnni_rows`]); with `PREFETCH`, the weight rows ahead
 /// are prefetched (decode).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,avxvnni")]
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
 unsafe fn dot_vnni<const PREFETCH: bool>(w: &WRow, x: &XRow) -> f32 {
     dot_vnni_rows::<1, PREFETCH>(w, [*x])[0]
 }
@@ -250,7 +257,7 @@ unsafe fn dot_vnni<const PREFETCH: bool>(w: &WRow, x: &XRow) -> f32 {
 /// integers. Lanes 0..4 of a step hold block `b`, lanes 4..8 block `b + 1`: one conversion and one
 /// FMA per two blocks and row.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,avxvnni")]
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
 unsafe fn dot_vnni_rows<const R: usize, const PREFETCH: bool>(w: &WRow, x: [XRow; R]) -> [f32; R] {
     use std::arch::x86_64::*;
     let nb = w.scales.len();
@@ -273,9 +280,10 @@ unsafe fn dot_vnni_rows<const R: usize, const PREFETCH: bool>(w: &WRow, x: [XRow
     let pair = |p: usize, acc: &mut [__m256; R]| {
         let raw = _mm256_loadu_si256(codes.add(p * BLOCK) as *const __m256i);
         let (lo, hi) = (_mm256_and_si256(raw, low), _mm256_and_si256(_mm256_srli_epi16(raw, 4), low));
-        // [d_2p; 4], [d_2p+1; 4] from one 8-byte load.
-        let d = _mm256_castps128_ps256(_mm_castsi128_ps(_mm_loadl_epi64(scales.add(2 * p) as *const __m128i)));
-        let d = _mm256_permutevar8x32_ps(d, spread);
+        // [d_2p; 4], [d_2p+1; 4] from one 4-byte load of two f16 (a stack buffer of widened
+        // scales was slower: its loads could not be forwarded from the stores that filled it).
+        let halves = _mm_cvtsi32_si128(std::ptr::read_unaligned(scales.add(2 * p) as *const i32));
+        let d = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(halves)), spread);
         for (acc, x) in acc.iter_mut().zip(&x) {
             let q = x.paired.q.as_ptr().add(p * 2 * BLOCK);
             let ints = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), lo, _mm256_loadu_si256(q as *const __m256i));
@@ -292,10 +300,10 @@ unsafe fn dot_vnni_rows<const R: usize, const PREFETCH: bool>(w: &WRow, x: [XRow
     while p + 2 <= pairs {
         if PREFETCH {
             // The rows `PREFETCH_BYTES` of codes ahead, and their scales and offsets as many
-            // blocks ahead every 16 blocks (`wrapping_add`: past the matrix's end it is a hint).
+            // blocks ahead every 32 blocks (`wrapping_add`: past the matrix's end it is a hint).
             let ahead = 2 * p + PREFETCH_BYTES / (BLOCK / 2);
             _mm_prefetch::<_MM_HINT_T0>(codes.wrapping_add(ahead * BLOCK / 2) as *const i8);
-            if p % 8 == 0 {
+            if p % 16 == 0 {
                 _mm_prefetch::<_MM_HINT_T0>(scales.wrapping_add(ahead) as *const i8);
                 _mm_prefetch::<_MM_HINT_T0>(w.offsets.as_ptr().wrapping_add(ahead) as *const i8);
             }
@@ -312,7 +320,7 @@ unsafe fn dot_vnni_rows<const R: usize, const PREFETCH: bool>(w: &WRow, x: [XRow
         let b = nb - 1;
         let raw = _mm_loadu_si128(codes.add(b * BLOCK / 2) as *const __m128i);
         let block = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
-        let d = _mm256_set1_ps(*w.scales.get_unchecked(b));
+        let d = _mm256_set1_ps(f16_to_f32_x86(*w.scales.get_unchecked(b)));
         for (acc, x) in acc[1].iter_mut().zip(&x) {
             let q = _mm256_loadu_si256(x.paired.q.as_ptr().add(b * BLOCK) as *const __m256i);
             let ints = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), block, q);
@@ -321,24 +329,25 @@ unsafe fn dot_vnni_rows<const R: usize, const PREFETCH: bool>(w: &WRow, x: [XRow
     }
     let mut out = [0f32; R];
     for (r, out) in out.iter_mut().enumerate() {
-        *out = hsum_avx2(_mm256_add_ps(acc[0][r], acc[1][r])) + dot_f32_avx2(w.offsets, x[r].sums);
+        *out = hsum_avx2(_mm256_add_ps(acc[0][r], acc[1][r])) + offsets_dot_avx2(w.offsets, x[r].sums);
     }
     out
 }
 
-/// `Σ a_i · b_i` (over the shorter slice; the offsets term, empty when symmetric).
+/// [`offsets_dot`] with AVX2 and F16C.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn offsets_dot_avx2(offsets: &[f16], sums: &[f32]) -> f32 {
     use std::arch::x86_64::*;
-    let n = a.len().min(b.len());
+    let n = offsets.len().min(sums.len());
     let mut acc = _mm256_setzero_ps();
     let mut i = 0;
     while i + 8 <= n {
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), acc);
+        let o = _mm256_cvtph_ps(_mm_loadu_si128(offsets.as_ptr().add(i) as *const __m128i));
+        acc = _mm256_fmadd_ps(o, _mm256_loadu_ps(sums.as_ptr().add(i)), acc);
         i += 8;
     }
-    hsum_avx2(acc) + (i..n).map(|i| a[i] * b[i]).sum::<f32>()
+    hsum_avx2(acc) + (i..n).map(|i| f16_to_f32_x86(offsets[i]) * sums[i]).sum::<f32>()
 }
 
 /// `acc + Σ` of each four adjacent `a·b` byte products (`sdot`; the intrinsic is not stable yet).
@@ -391,10 +400,10 @@ unsafe fn dot_neon_impl<const SDOT: bool>(w: &WRow, x: &XRow) -> f32 {
             let p_hi = vmlal_high_s8(vmull_high_s8(w_lo, x_lo), w_hi, x_hi);
             vpadalq_s16(vpaddlq_s16(p_lo), p_hi)
         };
-        let scale = *w.scales.get_unchecked(b) * *x.scales.get_unchecked(b);
+        let scale = w.scales.get_unchecked(b).to_f32() * *x.scales.get_unchecked(b);
         acc = vfmaq_n_f32(acc, vcvtq_f32_s32(sums), scale);
     }
-    vaddvq_f32(acc) + w.offsets.iter().zip(x.sums).map(|(o, s)| o * s).sum::<f32>()
+    vaddvq_f32(acc) + offsets_dot(w.offsets, x.sums)
 }
 
 #[cfg(test)]
@@ -412,9 +421,11 @@ mod tests {
 
     fn matrix(n: usize, k: usize, offsets: bool, seed: &mut u64) -> (Q4Matrix, Vec<f64>) {
         let codes: Vec<u8> = (0..n * k).map(|_| (lcg(seed) % 16) as u8).collect();
-        let scales: Vec<f32> = (0..n * k / BLOCK).map(|_| (lcg(seed) % 1000) as f32 * 1e-4).collect();
+        // Block parameters f16 holds exactly, as a GGUF's are.
+        let h = |v: f32| f16::from_f32(v).to_f32();
+        let scales: Vec<f32> = (0..n * k / BLOCK).map(|_| h((lcg(seed) % 1000) as f32 * 1e-4)).collect();
         let offs: Option<Vec<f32>> =
-            offsets.then(|| (0..n * k / BLOCK).map(|_| (lcg(seed) % 1000) as f32 * 1e-4 - 0.05).collect());
+            offsets.then(|| (0..n * k / BLOCK).map(|_| h((lcg(seed) % 1000) as f32 * 1e-4 - 0.05)).collect());
         let dense = (0..n * k)
             .map(|i| {
                 let b = i / BLOCK;
@@ -448,7 +459,7 @@ mod tests {
                     for i in 0..k {
                         let b = i / BLOCK;
                         let xi = qx.row(r).q[i] as f64 * qx.row(r).scales[b] as f64;
-                        let off = w.blocks.row(j).1.get(b).map_or(0.0, |&o| o as f64);
+                        let off = w.blocks.row(j).1.get(b).map_or(0.0, |o| o.to_f64());
                         want += (dense[j * k + i] - off) * xi + off * x[r * k + i] as f64;
                     }
                     let got = y[r * (n - 1) + j - 1] as f64;
@@ -489,7 +500,7 @@ mod tests {
         let qx = QuantizedRows::quantize(&x, 576);
         let nb = 576 / BLOCK;
         let x = qx.row(0);
-        let offsets: Vec<f32> = (0..nb).map(|b| b as f32 * 0.01 - 0.05).collect();
+        let offsets: Vec<f16> = (0..nb).map(|b| f16::from_f32(b as f32 * 0.01 - 0.05)).collect();
         for j in 0..8 {
             let offsets = if j % 2 == 0 { &offsets[..] } else { &[][..] };
             let w = WRow {
@@ -504,7 +515,7 @@ mod tests {
                 assert!((fast - slow).abs() <= 1e-5 * magnitude, "{fast} vs {slow}");
             }
             #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            if Isa::detect() != Isa::Scalar {
                 // SAFETY: checked above.
                 let avx2 = unsafe { dot_avx2(&w, &x) };
                 assert!((avx2 - slow).abs() <= 1e-5 * magnitude, "{avx2} vs {slow}");
@@ -521,10 +532,13 @@ mod tests {
         let name = kernel_name();
         eprintln!("4-bit kernel: {name}");
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avxvnni") && std::is_x86_feature_detected!("fma") {
-            assert_eq!(name, "x86_64 AVX-VNNI");
-        } else if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            assert_eq!(name, "x86_64 AVX2+FMA");
+        {
+            let (fma, f16c) = (std::is_x86_feature_detected!("fma"), std::is_x86_feature_detected!("f16c"));
+            if std::is_x86_feature_detected!("avxvnni") && fma && f16c {
+                assert_eq!(name, "x86_64 AVX-VNNI");
+            } else if std::is_x86_feature_detected!("avx2") && fma && f16c {
+                assert_eq!(name, "x86_64 AVX2+FMA");
+            }
         }
         #[cfg(target_arch = "aarch64")]
         if std::arch::is_aarch64_feature_detected!("dotprod") {

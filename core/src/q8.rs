@@ -2,8 +2,10 @@
 //! optional offsets in [`Blocks`]) and their int8-activation dot products: the LM head
 //! and embedding precision of llama.cpp's GGUF files (Q8_0), and the 8-bit model variant.
 
-use tract_onnx::prelude::Tensor;
+use tract_onnx::prelude::{f16, Tensor};
 
+#[cfg(target_arch = "x86_64")]
+use crate::qblock::widen_16_x86;
 #[cfg(target_arch = "x86_64")]
 use crate::qblock::PREFETCH_BYTES;
 use crate::qblock::{Blocks, Codes, Isa, QuantizedRows, XRow, BLOCK};
@@ -52,9 +54,9 @@ impl Q8Matrix {
         for (b, (codes, out)) in
             self.codes.signed()[j * k..][..k].chunks_exact(BLOCK).zip(out.chunks_exact_mut(BLOCK)).enumerate()
         {
-            let offset = offsets.get(b).copied().unwrap_or(0.0);
+            let (scale, offset) = (scales[b].to_f32(), offsets.get(b).map_or(0.0, |o| o.to_f32()));
             for (o, &c) in out.iter_mut().zip(codes) {
-                *o = c as f32 * scales[b] + offset;
+                *o = c as f32 * scale + offset;
             }
         }
     }
@@ -69,8 +71,7 @@ impl Q8Matrix {
 
     /// True when `scales` (`[n, k / 32]`) are exactly this symmetric matrix's block scales.
     pub fn has_scales(&self, scales: &[f32]) -> bool {
-        let (n, nb) = (self.blocks.n(), self.blocks.k() / BLOCK);
-        scales.len() == n * nb && (0..n).all(|j| self.blocks.row(j) == (&scales[j * nb..][..nb], &[][..]))
+        self.blocks.is_symmetric_with(scales)
     }
 
     /// True when `table` (`[n, k]` uint8, code + 128) and `scales` (`[n, k / 32]`) hold exactly
@@ -104,8 +105,8 @@ impl Q8Matrix {
 /// One 8-bit weight row.
 struct WRow8<'a> {
     codes: &'a [i8],
-    scales: &'a [f32],
-    offsets: &'a [f32],
+    scales: &'a [f16],
+    offsets: &'a [f16],
 }
 
 type DotKernel = unsafe fn(&WRow8, &XRow) -> f32;
@@ -144,27 +145,27 @@ fn dot_kernel(decode: bool) -> DotKernel {
 }
 
 fn offsets_dot(w: &WRow8, x: &XRow) -> f32 {
-    w.offsets.iter().zip(x.sums).map(|(o, s)| o * s).sum()
+    w.offsets.iter().zip(x.sums).map(|(o, s)| o.to_f32() * s).sum()
 }
 
 fn dot_scalar(w: &WRow8, x: &XRow) -> f32 {
     let mut acc = 0f32;
     for (b, (codes, q)) in w.codes.chunks_exact(BLOCK).zip(x.q.chunks_exact(BLOCK)).enumerate() {
         let i: i32 = codes.iter().zip(q).map(|(&c, &q)| c as i32 * q as i32).sum();
-        acc += i as f32 * (w.scales[b] * x.scales[b]);
+        acc += i as f32 * (w.scales[b].to_f32() * x.scales[b]);
     }
     acc + offsets_dot(w, x)
 }
 
 /// [`dot_avx2`] with AVX-VNNI: one `vpdpbusd` per block instead of maddubs + madd.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,avxvnni")]
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
 unsafe fn dot_vnni<const PREFETCH: bool>(w: &WRow8, x: &XRow) -> f32 {
     dot_x86::<true, PREFETCH>(w, x)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_avx2<const PREFETCH: bool>(w: &WRow8, x: &XRow) -> f32 {
     dot_x86::<false, PREFETCH>(w, x)
 }
@@ -177,16 +178,8 @@ unsafe fn dot_x86<const VNNI: bool, const PREFETCH: bool>(w: &WRow8, x: &XRow) -
     debug_assert!(w.codes.len() >= nb * BLOCK && x.q.len() >= nb * BLOCK && x.scales.len() >= nb);
     let ones = _mm256_set1_epi16(1);
     let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    for b in 0..nb {
-        // The rows `PREFETCH_BYTES` of codes ahead: a line of codes every 2 blocks, of scales
-        // every 16 (`wrapping_add`: past the matrix's end it is only a hint).
-        let ahead = b + PREFETCH_BYTES / BLOCK;
-        if PREFETCH && b % 2 == 0 {
-            _mm_prefetch::<_MM_HINT_T0>(w.codes.as_ptr().wrapping_add(ahead * BLOCK));
-        }
-        if PREFETCH && b % 16 == 0 {
-            _mm_prefetch::<_MM_HINT_T0>(w.scales.as_ptr().wrapping_add(ahead) as *const i8);
-        }
+    // Block `b` into `acc`, scaled by `d` (the weight's block scale).
+    let block = |b: usize, d: f32, acc: &mut __m256| {
         let c = _mm256_loadu_si256(w.codes.as_ptr().add(b * BLOCK) as *const __m256i);
         let q = _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i);
         // |c| as unsigned times q with c's sign: |c| <= 128, |q| <= 127, pairs fit i16.
@@ -196,12 +189,31 @@ unsafe fn dot_x86<const VNNI: bool, const PREFETCH: bool>(w: &WRow8, x: &XRow) -
         } else {
             _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, signed), ones)
         };
-        let sums = _mm256_cvtepi32_ps(products);
-        let scale = _mm256_set1_ps(*w.scales.get_unchecked(b) * *x.scales.get_unchecked(b));
-        if b % 2 == 0 {
-            acc0 = _mm256_fmadd_ps(sums, scale, acc0);
-        } else {
-            acc1 = _mm256_fmadd_ps(sums, scale, acc1);
+        let scale = _mm256_set1_ps(d * *x.scales.get_unchecked(b));
+        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(products), scale, *acc);
+    };
+    // The scales as f32, 16 blocks at a time; even blocks on one accumulator, odd on the other.
+    let mut d32 = [0f32; 16];
+    for start in (0..nb).step_by(16) {
+        let chunk = (nb - start).min(16);
+        if PREFETCH {
+            // Scales `PREFETCH_BYTES` of codes ahead (`wrapping_add`: past the matrix's end it
+            // is only a hint).
+            _mm_prefetch::<_MM_HINT_T0>(w.scales.as_ptr().wrapping_add(start + PREFETCH_BYTES / BLOCK) as *const i8);
+        }
+        widen_16_x86(&w.scales[start..start + chunk], &mut d32);
+        let mut i = 0;
+        while i + 2 <= chunk {
+            if PREFETCH {
+                // The codes `PREFETCH_BYTES` ahead: one line per two blocks.
+                _mm_prefetch::<_MM_HINT_T0>(w.codes.as_ptr().wrapping_add((start + i) * BLOCK + PREFETCH_BYTES));
+            }
+            block(start + i, d32[i], &mut acc0);
+            block(start + i + 1, d32[i + 1], &mut acc1);
+            i += 2;
+        }
+        if i < chunk {
+            block(start + i, d32[i], &mut acc0);
         }
     }
     let acc = _mm256_add_ps(acc0, acc1);
@@ -225,7 +237,7 @@ unsafe fn dot_neon(w: &WRow8, x: &XRow) -> f32 {
             sums = vpadalq_s16(sums, vmull_s8(vget_low_s8(c), vget_low_s8(q)));
             sums = vpadalq_s16(sums, vmull_high_s8(c, q));
         }
-        let scale = *w.scales.get_unchecked(b) * *x.scales.get_unchecked(b);
+        let scale = w.scales.get_unchecked(b).to_f32() * *x.scales.get_unchecked(b);
         acc = vfmaq_n_f32(acc, vcvtq_f32_s32(sums), scale);
     }
     vaddvq_f32(acc) + offsets_dot(w, x)
@@ -244,8 +256,10 @@ mod tests {
             seed >> 33
         };
         let codes: Vec<i8> = (0..n * k).map(|_| (next() % 256) as u8 as i8).collect();
-        let scales: Vec<f32> = (0..n * k / BLOCK).map(|_| (next() % 1000) as f32 * 1e-4).collect();
-        let offsets: Vec<f32> = (0..n * k / BLOCK).map(|_| (next() % 100) as f32 * 1e-3 - 0.05).collect();
+        // Block parameters f16 holds exactly, as a GGUF's are.
+        let h = |v: f32| f16::from_f32(v).to_f32();
+        let scales: Vec<f32> = (0..n * k / BLOCK).map(|_| h((next() % 1000) as f32 * 1e-4)).collect();
+        let offsets: Vec<f32> = (0..n * k / BLOCK).map(|_| h((next() % 100) as f32 * 1e-3 - 0.05)).collect();
         let x: Vec<f32> = (0..2 * k).map(|_| (next() % 2001) as f32 / 1000.0 - 1.0).collect();
         let blocks = Blocks::new(n, k, scales.clone(), Some(offsets.clone())).unwrap();
         let m = Q8Matrix::new(codes.clone(), blocks).unwrap();
@@ -266,14 +280,11 @@ mod tests {
                 want += (0..k / BLOCK).map(|b| offsets[j * k / BLOCK + b] as f64 * xr.sums[b] as f64).sum::<f64>();
                 let got = y[r * n + j] as f64;
                 assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "row {r} col {j}: {got} vs {want}");
-                let w = WRow8 {
-                    codes: &codes[j * k..][..k],
-                    scales: &scales[j * 3..][..3],
-                    offsets: &offsets[j * 3..][..3],
-                };
+                let (scales, offsets) = m.blocks.row(j);
+                let w = WRow8 { codes: &codes[j * k..][..k], scales, offsets };
                 assert!((dot_scalar(&w, &xr) as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()));
                 #[cfg(target_arch = "x86_64")]
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                if Isa::detect() != Isa::Scalar {
                     // SAFETY: checked above.
                     let avx2 = unsafe { dot_avx2::<true>(&w, &xr) } as f64;
                     assert!((avx2 - want).abs() <= 1e-4 * (1.0 + want.abs()), "{avx2} vs {want}");
