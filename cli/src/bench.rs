@@ -27,7 +27,8 @@ pub struct BenchArgs {
 }
 
 /// A memory figure of this process in MiB from Linux `/proc/self/status` (`VmHWM` = peak resident,
-/// `VmRSS` = resident now), if known.
+/// `VmRSS` = resident now, `RssFile` = the part of it that is file pages: mostly the executable's
+/// code), if known.
 fn status_mib(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
@@ -57,6 +58,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.prompt_tokens > 0 && args.gen_tokens > 0, "--prompt-tokens and --gen-tokens must be positive");
     let model = load::load(&args.model)?;
     let rss_after_load = status_mib("VmRSS:");
+    let file_pages_after_load = status_mib("RssFile:");
     let peak_rss_load = status_mib("VmHWM:");
     let tokenizer = model.tokenizer();
     let sample = tokenizer.encode(crate::summarize::SAMPLE)?;
@@ -97,6 +99,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "decode_ms": decode_ms,
         "decode_tok_s": rate(decode_steps, decode_ms),
         "rss_after_load_mib": rss_after_load,
+        "file_pages_after_load_mib": file_pages_after_load,
         "peak_rss_load_mib": peak_rss_load,
         "kv_cache_mib": kv_cache_mib,
         "peak_rss_mib": peak_rss,
@@ -125,9 +128,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             rate(decode_steps, decode_ms)
         );
         println!(
-            "memory       {:.0} MiB resident after load (peak {:.0} MiB while loading), {:.0} MiB peak, KV cache \
-             {kv_cache_mib:.1} MiB",
+            "memory       {:.0} MiB resident after load ({:.0} MiB of it file pages: code), peak {:.0} MiB while \
+             loading, {:.0} MiB peak, KV cache {kv_cache_mib:.1} MiB",
             rss_after_load.unwrap_or(f64::NAN),
+            file_pages_after_load.unwrap_or(f64::NAN),
             peak_rss_load.unwrap_or(f64::NAN),
             peak_rss.unwrap_or(f64::NAN)
         );

@@ -229,7 +229,7 @@ pub(crate) fn blocks(
             Some(zeros.iter().zip(&scales).map(|(z, s)| (mid - z) * s).collect())
         }
     };
-    Blocks::new(n, k, scales, offsets).context("inconsistent sizes")
+    Blocks::new(n, k, scales, offsets).context("inconsistent sizes, or a scale or offset outside the f16 range")
 }
 
 #[cfg(test)]
