@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use pocketlm::{GenerateParams, SamplingParams};
 
 /// Which model to load and how.
@@ -24,6 +24,28 @@ pub struct ModelArgs {
     /// Prompt tokens evaluated per step during prefill (bounds memory).
     #[arg(long, default_value_t = pocketlm::SessionOptions::default().prefill_chunk)]
     pub prefill_chunk: usize,
+    /// KV cache precision: f16 (half the memory) or f32 (exactly the ONNX graph's arithmetic).
+    #[arg(long, value_enum, default_value_t = KvCache::F16)]
+    pub kv_cache: KvCache,
+}
+
+/// `--kv-cache` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum KvCache {
+    /// Half precision.
+    F16,
+    /// Single precision.
+    F32,
+}
+
+impl ModelArgs {
+    /// The KV cache precision `--kv-cache` names.
+    pub fn kv_precision(&self) -> pocketlm::KvPrecision {
+        match self.kv_cache {
+            KvCache::F16 => pocketlm::KvPrecision::F16,
+            KvCache::F32 => pocketlm::KvPrecision::F32,
+        }
+    }
 }
 
 /// Token sampling and stopping.

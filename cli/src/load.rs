@@ -31,7 +31,12 @@ pub fn load_with(args: &ModelArgs, all_logits: bool) -> anyhow::Result<Arc<Model
 
 /// A fresh session with the context size from `args`.
 pub fn session(model: &Arc<Model>, args: &ModelArgs) -> anyhow::Result<Session> {
-    Ok(model.session(SessionOptions { context_size: args.context_size, prefill_chunk: args.prefill_chunk })?)
+    let options = SessionOptions {
+        context_size: args.context_size,
+        prefill_chunk: args.prefill_chunk,
+        kv_precision: args.kv_precision(),
+    };
+    Ok(model.session(options)?)
 }
 
 /// Writes one streamed piece of text to stdout at once (no line buffering).

@@ -11,6 +11,7 @@ use crate::attention::LayerCache;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::interface::{check_interface, find_slots, Slots};
+use crate::kv_cache::KvPrecision;
 use crate::rewrite::{fuse_attention, fuse_rope, last_position_logits, share_embedding_table, untie_shared_constants};
 
 /// The optimised, runnable decoder, shared by all sessions of a model.
@@ -31,6 +32,13 @@ pub struct GraphState(TypedSimpleState);
 impl GraphState {
     fn layer_caches(&mut self) -> impl Iterator<Item = &mut LayerCache> {
         self.0.op_states.iter_mut().filter_map(|s| s.as_mut()?.downcast_mut::<LayerCache>())
+    }
+
+    /// Holds every layer's cache at `precision` (a fresh state's caches are empty).
+    pub fn set_kv_precision(&mut self, precision: KvPrecision) {
+        self.layer_caches().for_each(|c| {
+            c.set_precision(precision);
+        });
     }
 
     /// Keeps the first `len` positions of every layer's cache.

@@ -18,6 +18,8 @@
 #![warn(missing_docs)]
 
 mod attention;
+#[cfg(target_arch = "x86_64")]
+mod attention_x86;
 mod cancel;
 mod chat;
 mod config;
@@ -29,6 +31,7 @@ mod graph;
 mod input;
 mod integrity;
 mod interface;
+mod kv_cache;
 mod memory;
 mod model;
 mod nbits;
@@ -59,6 +62,7 @@ pub use error::{Error, Result};
 pub use generate::{generate, Completion, FinishReason, GenerateParams, Timings};
 pub use input::text_from_bytes;
 pub use integrity::sha256_file;
+pub use kv_cache::KvPrecision;
 pub use model::{Model, ModelOptions};
 pub use perplexity::{perplexity, Perplexity, PerplexityOptions};
 pub use q4::kernel_name as q4_kernel_name;

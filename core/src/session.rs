@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
 use crate::graph::GraphState;
+use crate::kv_cache::KvPrecision;
 use crate::model::Model;
 
 /// Per-session settings.
@@ -14,11 +15,13 @@ pub struct SessionOptions {
     pub context_size: usize,
     /// Prompt tokens evaluated per graph call during prefill (bounds memory; at least 1).
     pub prefill_chunk: usize,
+    /// Element type of the KV cache (default f16: half the memory of f32).
+    pub kv_precision: KvPrecision,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { context_size: 0, prefill_chunk: 128 }
+        SessionOptions { context_size: 0, prefill_chunk: 128, kv_precision: KvPrecision::default() }
     }
 }
 
@@ -45,7 +48,8 @@ impl Session {
         if options.prefill_chunk == 0 {
             return Err(Error::param("prefill_chunk", "must be at least 1"));
         }
-        let state = model.graph().state()?;
+        let mut state = model.graph().state()?;
+        state.set_kv_precision(options.kv_precision);
         Ok(Session { model, state, tokens: Vec::new(), context_size, prefill_chunk: options.prefill_chunk })
     }
 

@@ -15,8 +15,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use pocketlm::{
-    generate, perplexity, CancelToken, GenerateParams, Message, Model, ModelOptions, PerplexityOptions, Role,
-    SamplingParams, SessionOptions,
+    generate, perplexity, CancelToken, GenerateParams, KvPrecision, Message, Model, ModelOptions, PerplexityOptions,
+    Role, SamplingParams, SessionOptions,
 };
 
 const PROMPTS: &[(&str, bool)] = &[
@@ -74,9 +74,9 @@ fn prompts(model: &Model) -> Vec<Vec<u32>> {
         .collect()
 }
 
-fn greedy(model: &std::sync::Arc<Model>, prompt: &[u32], max_tokens: usize) -> Vec<u32> {
+fn greedy(model: &std::sync::Arc<Model>, prompt: &[u32], max_tokens: usize, kv_precision: KvPrecision) -> Vec<u32> {
     let params = GenerateParams { max_tokens, sampling: SamplingParams::greedy(), stop: vec![] };
-    let mut session = model.session(SessionOptions::default()).unwrap();
+    let mut session = model.session(SessionOptions { kv_precision, ..Default::default() }).unwrap();
     generate(&mut session, prompt, &params, &CancelToken::new(), &mut |_| {}).unwrap().token_ids
 }
 
@@ -94,10 +94,10 @@ const MIN_AGREEMENT: f64 = 0.9;
 /// break differently and exact greedy equality is the wrong test. Instead onnxruntime scores
 /// pocketlm's greedy continuation (teacher-forced): at every step pocketlm's token must be
 /// onnxruntime's choice or within `MAX_GAP` of it, and they must agree at `MIN_AGREEMENT` of steps.
-fn check_near_parity(model_dir: &Path, max_tokens: usize) {
+fn check_near_parity(model_dir: &Path, max_tokens: usize, kv_precision: KvPrecision) {
     let model = Model::load(model_dir, &ModelOptions { threads: 1, all_logits: false }).unwrap();
     let prompts = prompts(&model);
-    let ours: Vec<Vec<u32>> = prompts.iter().map(|p| greedy(&model, p, max_tokens)).collect();
+    let ours: Vec<Vec<u32>> = prompts.iter().map(|p| greedy(&model, p, max_tokens, kv_precision)).collect();
     let requests = serde_json::json!(prompts
         .iter()
         .zip(&ours)
@@ -134,7 +134,8 @@ fn check_parity(model_dir: &Path, max_tokens: usize) {
         oracle(model_dir, &requests).iter().map(|r| serde_json::from_value(r["token_ids"].clone()).unwrap()).collect();
     let mut mismatches = Vec::new();
     for ((prompt, want), (text, _)) in prompts.iter().zip(&expected).zip(PROMPTS) {
-        let got = greedy(&model, prompt, max_tokens);
+        // Exact arithmetic needs the f32 cache (the f16 one rounds keys and values).
+        let got = greedy(&model, prompt, max_tokens, KvPrecision::F32);
         if &got != want {
             mismatches.push(format!("{text:?}\n  pocketlm    {got:?}\n  onnxruntime {want:?}"));
         }
@@ -196,7 +197,10 @@ fn greedy_matches_onnxruntime_on_tiny_model() {
 
 #[test]
 fn greedy_follows_onnxruntime_on_tiny_q4_model() {
-    check_near_parity(&common::tiny_q4_dir(), 24);
+    // The f32 cache: this model's weights are random, its logits nearly flat, and the f16 cache's
+    // rounding alone flips ties (measured: 177 of 192 steps agree, worst gap 1.6); the real
+    // models below run with the default f16 cache.
+    check_near_parity(&common::tiny_q4_dir(), 24, KvPrecision::F32);
 }
 
 #[test]
@@ -204,7 +208,7 @@ fn greedy_follows_onnxruntime_on_tiny_q4_model() {
 fn greedy_follows_onnxruntime_on_default_model() {
     let dir =
         std::env::var("POCKETLM_DEFAULT_MODEL").expect("POCKETLM_DEFAULT_MODEL must name the converted default model");
-    check_near_parity(Path::new(&dir), 32);
+    check_near_parity(Path::new(&dir), 32, KvPrecision::default());
 }
 
 #[test]
@@ -212,7 +216,7 @@ fn greedy_follows_onnxruntime_on_default_model() {
 fn greedy_follows_onnxruntime_on_pruned_model() {
     let dir =
         std::env::var("POCKETLM_PRUNED_MODEL").expect("POCKETLM_PRUNED_MODEL must name the pruned 4-bit conversion");
-    check_near_parity(Path::new(&dir), 32);
+    check_near_parity(Path::new(&dir), 32, KvPrecision::default());
 }
 
 #[test]

@@ -36,7 +36,7 @@ fn score_matches_decode_step_log_probabilities_across_chunks() {
     let tiny = common::tiny();
     let expected = reference_scores(&mut tiny.session(SessionOptions::default()).unwrap(), &ids);
     // Chunks of 5 make rows from several graph calls line up with their targets.
-    let mut session = scoring_model().session(SessionOptions { context_size: 0, prefill_chunk: 5 }).unwrap();
+    let mut session = scoring_model().session(SessionOptions { prefill_chunk: 5, ..Default::default() }).unwrap();
     let scores = session.score(&ids, &CancelToken::new()).unwrap().unwrap();
     assert_eq!(scores.len(), ids.len() - 1);
     for (i, (s, e)) in scores.iter().zip(&expected).enumerate() {
@@ -103,7 +103,7 @@ fn bad_scoring_requests_are_typed_errors() {
     let cancel = CancelToken::new();
     let mut plain = common::tiny().session(SessionOptions::default()).unwrap();
     assert!(matches!(plain.score(&ids, &cancel), Err(Error::State(_))));
-    let mut session = scoring_model().session(SessionOptions { context_size: 16, prefill_chunk: 128 }).unwrap();
+    let mut session = scoring_model().session(SessionOptions { context_size: 16, ..Default::default() }).unwrap();
     assert!(matches!(session.score(&ids[..1], &cancel), Err(Error::InvalidParameter { .. })));
     assert!(matches!(session.score(&ids, &cancel), Err(Error::ContextOverflow { .. })));
     assert!(matches!(session.score(&[1, 999_999], &cancel), Err(Error::InvalidToken { .. })));

@@ -1,0 +1,111 @@
+//! Decode attention on x86 (AVX2, FMA, F16C) for one KV head: a few query rows against the head's
+//! contiguous `[positions][dim]` keys and values (f32 or f16), streamed in order. Each key is
+//! loaded (and widened) once for up to four query rows; each value row once per query row, into
+//! eight accumulators held in registers.
+
+use std::arch::x86_64::*;
+
+use tract_onnx::prelude::f16;
+
+/// Query rows that share one pass over the keys.
+const GROUP: usize = 4;
+
+/// A KV cache element the kernels load eight at a time as f32.
+pub(crate) trait Lanes: Copy {
+    /// Eight values from `p` as f32.
+    ///
+    /// # Safety
+    /// `p` must point to eight readable values, on a CPU with AVX and F16C.
+    unsafe fn load8(p: *const Self) -> __m256;
+}
+
+impl Lanes for f32 {
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+}
+
+impl Lanes for f16 {
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+}
+
+/// `scores[r * total + j] = q[r] · keys[j]` for `rows` query rows (`q` is `[rows][dim]`) and every
+/// position `j < total` (masking is left to the softmax).
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `dim` must be a multiple of 64 and the slices hold
+/// `rows × dim`, `total × dim` and `rows × total` values.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn scores<E: Lanes>(q: &[f32], keys: &[E], rows: usize, dim: usize, scores: &mut [f32]) {
+    let total = keys.len() / dim;
+    debug_assert!(q.len() >= rows * dim && scores.len() >= rows * total && dim.is_multiple_of(8));
+    for g in (0..rows).step_by(GROUP) {
+        let (q, scores) = (&q[g * dim..], &mut scores[g * total..]);
+        match (rows - g).min(GROUP) {
+            1 => score_group::<E, 1>(q, keys, dim, scores),
+            2 => score_group::<E, 2>(q, keys, dim, scores),
+            3 => score_group::<E, 3>(q, keys, dim, scores),
+            _ => score_group::<E, 4>(q, keys, dim, scores),
+        }
+    }
+}
+
+/// [`scores`] for the first `N` rows of `q`.
+#[inline(always)]
+unsafe fn score_group<E: Lanes, const N: usize>(q: &[f32], keys: &[E], dim: usize, scores: &mut [f32]) {
+    let total = keys.len() / dim;
+    let q = q.as_ptr();
+    for j in 0..total {
+        let key = keys.as_ptr().add(j * dim);
+        let mut acc = [_mm256_setzero_ps(); N];
+        for c in (0..dim).step_by(8) {
+            let k = E::load8(key.add(c));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i * dim + c)), k, *acc);
+            }
+        }
+        for (i, acc) in acc.into_iter().enumerate() {
+            *scores.get_unchecked_mut(i * total + j) = hsum(acc);
+        }
+    }
+}
+
+/// `out[r] = Σ_j probs[r * total + j] · values[j]` for `rows` rows (masked positions hold
+/// probability 0).
+///
+/// # Safety
+/// As [`scores`], with `dim` a multiple of 64, `probs` holding `rows × total` values and `out`
+/// `rows × dim`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn mix<E: Lanes>(probs: &[f32], values: &[E], rows: usize, dim: usize, out: &mut [f32]) {
+    let total = values.len() / dim;
+    debug_assert!(probs.len() >= rows * total && out.len() >= rows * dim && dim.is_multiple_of(64));
+    for r in 0..rows {
+        let probs = probs.as_ptr().add(r * total);
+        // 64 output values (eight registers) per pass over the values.
+        for c0 in (0..dim).step_by(64) {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for j in 0..total {
+                let p = _mm256_broadcast_ss(&*probs.add(j));
+                let value = values.as_ptr().add(j * dim + c0);
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm256_fmadd_ps(p, E::load8(value.add(8 * c)), *acc);
+                }
+            }
+            for (c, acc) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out.as_mut_ptr().add(r * dim + c0 + 8 * c), *acc);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn hsum(acc: __m256) -> f32 {
+    let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)))
+}

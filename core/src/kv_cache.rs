@@ -1,0 +1,233 @@
+//! One layer's KV cache for one session: keys and values head-major (`[kv_head][position][dim]`,
+//! so each head's positions are contiguous for the attention kernels to stream), held as f32 or
+//! f16 ([`KvPrecision`]), with room reserved for whole blocks of positions.
+
+use std::borrow::Cow;
+
+use tract_onnx::prelude::f16;
+use tract_onnx::prelude::tract_data::half::slice::HalfFloatSliceExt;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::ensure;
+
+/// Positions a layer cache grows by when full.
+const GROWTH_POSITIONS: usize = 256;
+
+/// The element type a session's KV cache is held in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvPrecision {
+    /// Half precision (llama.cpp's default): half the memory and half the bytes attention reads
+    /// per token; keys and values are rounded to 11 significant bits when stored.
+    #[default]
+    F16,
+    /// Single precision: exactly the ONNX graph's arithmetic.
+    F32,
+}
+
+/// One head's keys or values, `[positions][dim]` contiguous.
+#[derive(Clone, Copy)]
+pub(crate) enum Head<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+impl<'a> Head<'a> {
+    /// All values as f32 (borrowed when held as f32).
+    pub(crate) fn to_f32(self) -> Cow<'a, [f32]> {
+        match self {
+            Head::F32(v) => Cow::Borrowed(v),
+            Head::F16(v) => Cow::Owned(v.to_f32_vec()),
+        }
+    }
+}
+
+/// Keys or values of all heads.
+#[derive(Clone, Debug)]
+enum Buffer {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl Buffer {
+    fn new(precision: KvPrecision) -> Self {
+        match precision {
+            KvPrecision::F32 => Buffer::F32(Vec::new()),
+            KvPrecision::F16 => Buffer::F16(Vec::new()),
+        }
+    }
+
+    fn precision(&self) -> KvPrecision {
+        match self {
+            Buffer::F32(_) => KvPrecision::F32,
+            Buffer::F16(_) => KvPrecision::F16,
+        }
+    }
+
+    /// Re-lays `heads` heads of `len` positions × `dim` from `old` positions per head to `new`.
+    fn relayout(&mut self, heads: usize, dim: usize, len: usize, old: usize, new: usize) {
+        fn move_heads<T: Copy + Default>(v: &mut Vec<T>, heads: usize, dim: usize, len: usize, old: usize, new: usize) {
+            let mut out = vec![T::default(); heads * new * dim];
+            for h in 0..heads {
+                out[h * new * dim..][..len * dim].copy_from_slice(&v[h * old * dim..][..len * dim]);
+            }
+            *v = out;
+        }
+        match self {
+            Buffer::F32(v) => move_heads(v, heads, dim, len, old, new),
+            Buffer::F16(v) => move_heads(v, heads, dim, len, old, new),
+        }
+    }
+
+    /// Stores `values` at `start` (rounded to f16 when held as f16).
+    fn write(&mut self, start: usize, values: &[f32]) {
+        match self {
+            Buffer::F32(v) => v[start..][..values.len()].copy_from_slice(values),
+            Buffer::F16(v) => v[start..][..values.len()].convert_from_f32_slice(values),
+        }
+    }
+
+    /// `len` values at `start`.
+    fn part(&self, start: usize, len: usize) -> Head<'_> {
+        match self {
+            Buffer::F32(v) => Head::F32(&v[start..][..len]),
+            Buffer::F16(v) => Head::F16(&v[start..][..len]),
+        }
+    }
+}
+
+/// One layer's keys and values for one session (see the module docs).
+#[derive(Clone, Debug)]
+pub struct LayerKv {
+    heads: usize,
+    dim: usize,
+    len: usize,
+    capacity: usize,
+    keys: Buffer,
+    values: Buffer,
+}
+
+impl LayerKv {
+    /// An empty cache held at `precision`.
+    pub fn new(precision: KvPrecision) -> Self {
+        LayerKv { heads: 0, dim: 0, len: 0, capacity: 0, keys: Buffer::new(precision), values: Buffer::new(precision) }
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Bytes of the keys and values held.
+    pub fn bytes(&self) -> usize {
+        let element = match self.keys.precision() {
+            KvPrecision::F32 => 4,
+            KvPrecision::F16 => 2,
+        };
+        2 * self.len * self.heads * self.dim * element
+    }
+
+    /// Holds keys and values at `precision` from now on; only an empty cache changes (false
+    /// otherwise).
+    pub fn set_precision(&mut self, precision: KvPrecision) -> bool {
+        if self.len > 0 {
+            return false;
+        }
+        *self = LayerKv::new(precision);
+        true
+    }
+
+    /// Keeps the first `len` positions.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Appends `k`, `v` (`[1, heads, seq, dim]`, the same heads and dim as held so far).
+    pub fn append(&mut self, k: &ndarray::ArrayViewD<f32>, v: &ndarray::ArrayViewD<f32>) -> TractResult<()> {
+        ensure!(
+            k.ndim() == 4 && k.shape() == v.shape() && k.shape()[0] == 1,
+            "keys {:?}, values {:?}",
+            k.shape(),
+            v.shape()
+        );
+        let (heads, seq, dim) = (k.shape()[1], k.shape()[2], k.shape()[3]);
+        if self.len == 0 {
+            (self.heads, self.dim) = (heads, dim);
+        }
+        ensure!((heads, dim) == (self.heads, self.dim), "{heads} heads of {dim} after {} of {}", self.heads, self.dim);
+        if self.len + seq > self.capacity {
+            // Whole blocks of positions rather than doubling: a long context would otherwise
+            // reserve up to twice the cache it uses.
+            let capacity = (self.len + seq).max(self.len + GROWTH_POSITIONS);
+            for buffer in [&mut self.keys, &mut self.values] {
+                buffer.relayout(heads, dim, self.len, self.capacity, capacity);
+            }
+            self.capacity = capacity;
+        }
+        let mut row = Vec::with_capacity(dim);
+        for (buffer, new) in [(&mut self.keys, k), (&mut self.values, v)] {
+            for h in 0..heads {
+                for s in 0..seq {
+                    row.clear();
+                    row.extend(new.slice(ndarray::s![0, h, s, ..]).iter());
+                    buffer.write((h * self.capacity + self.len + s) * dim, &row);
+                }
+            }
+        }
+        self.len += seq;
+        Ok(())
+    }
+
+    /// Head `h`'s keys, `[len][dim]`.
+    pub(crate) fn keys(&self, h: usize) -> Head<'_> {
+        self.keys.part(h * self.capacity * self.dim, self.len * self.dim)
+    }
+
+    /// Head `h`'s values, `[len][dim]`.
+    pub(crate) fn values(&self, h: usize) -> Head<'_> {
+        self.values.part(h * self.capacity * self.dim, self.len * self.dim)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(heads: usize, seq: usize, dim: usize, base: f32) -> ndarray::ArrayD<f32> {
+        ndarray::ArrayD::from_shape_fn(vec![1, heads, seq, dim], |i| base + (i[1] * 100 + i[2] * 10 + i[3]) as f32)
+    }
+
+    fn values(head: Head) -> Vec<f32> {
+        head.to_f32().into_owned()
+    }
+
+    #[test]
+    fn appends_grow_truncate_and_keep_heads_contiguous() {
+        for precision in [KvPrecision::F32, KvPrecision::F16] {
+            let mut kv = LayerKv::new(precision);
+            // Past the first block, so the cache is re-laid out once.
+            let (first, second) = (tensor(2, 200, 4, 0.0), tensor(2, 100, 4, 1000.0));
+            kv.append(&first.view(), &(&first + 0.5).view()).unwrap();
+            kv.append(&second.view(), &(&second + 0.5).view()).unwrap();
+            assert_eq!(kv.len(), 300);
+            let element = if precision == KvPrecision::F32 { 4 } else { 2 };
+            assert_eq!(kv.bytes(), 2 * 300 * 2 * 4 * element);
+            for h in 0..2 {
+                let (keys, vals) = (values(kv.keys(h)), values(kv.values(h)));
+                assert_eq!(keys.len(), 300 * 4);
+                for (j, block) in keys.chunks_exact(4).enumerate() {
+                    let (base, s) = if j < 200 { (0.0, j) } else { (1000.0, j - 200) };
+                    let want: Vec<f32> = (0..4).map(|d| base + (h * 100 + s * 10 + d) as f32).collect();
+                    let tolerance = if precision == KvPrecision::F32 { 0.0 } else { 1.0 }; // f16 near 3000
+                    assert!(block.iter().zip(&want).all(|(a, b)| (a - b).abs() <= tolerance), "{h} {j}");
+                    assert!((vals[j * 4] - want[0] - 0.5).abs() <= tolerance);
+                }
+            }
+            kv.truncate(250);
+            assert_eq!(values(kv.keys(1)).len(), 250 * 4);
+            assert!(!kv.set_precision(KvPrecision::F32), "a cache that holds positions keeps its type");
+            let other = tensor(3, 1, 4, 0.0);
+            assert!(kv.append(&other.view(), &other.view()).is_err(), "head count changed");
+            kv.truncate(0);
+            assert!(kv.set_precision(KvPrecision::F32));
+        }
+    }
+}
