@@ -2,10 +2,10 @@
 //! optional offsets in [`Blocks`]) and their int8-activation dot products: the LM head
 //! and embedding precision of llama.cpp's GGUF files (Q8_0), and the 8-bit model variant.
 
+use tract_onnx::prelude::tract_data::half::slice::HalfFloatSliceExt;
 use tract_onnx::prelude::{f16, Tensor};
 
 #[cfg(target_arch = "x86_64")]
-use crate::qblock::widen_16_x86;
 #[cfg(target_arch = "x86_64")]
 use crate::qblock::PREFETCH_BYTES;
 use crate::qblock::{Blocks, Codes, Isa, QuantizedRows, XRow, BLOCK};
@@ -91,22 +91,43 @@ impl Q8Matrix {
         let kernel = dot_kernel(x.rows() == 1);
         let codes = self.codes.signed();
         let xs: Vec<XRow> = (0..x.rows()).map(|r| x.row(r)).collect();
-        for (jj, j) in rows.enumerate() {
-            let (scales, offsets) = self.blocks.row(j);
-            let w = WRow8 { codes: &codes[j * k..][..k], scales, offsets };
-            for (r, xr) in xs.iter().enumerate() {
-                // SAFETY: `dot_kernel` returns only kernels whose CPU features are present.
-                y[r * y_stride + jj] = unsafe { kernel(&w, xr) };
+        // The weight rows' f16 block parameters widened 64 rows at a time (one conversion call,
+        // vectorized, rather than one per row), each row's then used for all activation rows.
+        let nb = k / BLOCK;
+        let (mut scales, mut offsets) = (Vec::new(), Vec::new());
+        for (chunk, start) in rows.clone().step_by(WIDEN_ROWS).enumerate() {
+            let end = (start + WIDEN_ROWS).min(rows.end);
+            let params = self.blocks.rows(start..end);
+            widen(params.0, &mut scales);
+            widen(params.1, &mut offsets);
+            for (i, j) in (start..end).enumerate() {
+                let jj = chunk * WIDEN_ROWS + i;
+                let scales = &scales[i * nb..][..nb];
+                let offsets = offsets.get(i * nb..(i + 1) * nb).unwrap_or(&[]);
+                let w = WRow8 { codes: &codes[j * k..][..k], scales, offsets };
+                for (r, xr) in xs.iter().enumerate() {
+                    // SAFETY: `dot_kernel` returns only kernels whose CPU features are present.
+                    y[r * y_stride + jj] = unsafe { kernel(&w, xr) };
+                }
             }
         }
     }
 }
 
-/// One 8-bit weight row.
+/// Weight rows whose block parameters are widened to f32 at once.
+const WIDEN_ROWS: usize = 64;
+
+/// `src` as f32 in `dst` (resized to fit).
+fn widen(src: &[f16], dst: &mut Vec<f32>) {
+    dst.resize(src.len(), 0.0);
+    src.convert_to_f32_slice(dst);
+}
+
+/// One 8-bit weight row, its block parameters widened to f32.
 struct WRow8<'a> {
     codes: &'a [i8],
-    scales: &'a [f16],
-    offsets: &'a [f16],
+    scales: &'a [f32],
+    offsets: &'a [f32],
 }
 
 type DotKernel = unsafe fn(&WRow8, &XRow) -> f32;
@@ -145,27 +166,27 @@ fn dot_kernel(decode: bool) -> DotKernel {
 }
 
 fn offsets_dot(w: &WRow8, x: &XRow) -> f32 {
-    w.offsets.iter().zip(x.sums).map(|(o, s)| o.to_f32() * s).sum()
+    w.offsets.iter().zip(x.sums).map(|(o, s)| o * s).sum()
 }
 
 fn dot_scalar(w: &WRow8, x: &XRow) -> f32 {
     let mut acc = 0f32;
     for (b, (codes, q)) in w.codes.chunks_exact(BLOCK).zip(x.q.chunks_exact(BLOCK)).enumerate() {
         let i: i32 = codes.iter().zip(q).map(|(&c, &q)| c as i32 * q as i32).sum();
-        acc += i as f32 * (w.scales[b].to_f32() * x.scales[b]);
+        acc += i as f32 * (w.scales[b] * x.scales[b]);
     }
     acc + offsets_dot(w, x)
 }
 
 /// [`dot_avx2`] with AVX-VNNI: one `vpdpbusd` per block instead of maddubs + madd.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+#[target_feature(enable = "avx2,fma,avxvnni")]
 unsafe fn dot_vnni<const PREFETCH: bool>(w: &WRow8, x: &XRow) -> f32 {
     dot_x86::<true, PREFETCH>(w, x)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn dot_avx2<const PREFETCH: bool>(w: &WRow8, x: &XRow) -> f32 {
     dot_x86::<false, PREFETCH>(w, x)
 }
@@ -192,29 +213,23 @@ unsafe fn dot_x86<const VNNI: bool, const PREFETCH: bool>(w: &WRow8, x: &XRow) -
         let scale = _mm256_set1_ps(d * *x.scales.get_unchecked(b));
         *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(products), scale, *acc);
     };
-    // The scales as f32, 16 blocks at a time; even blocks on one accumulator, odd on the other.
-    let mut d32 = [0f32; 16];
-    for start in (0..nb).step_by(16) {
-        let chunk = (nb - start).min(16);
+    // Even blocks on one accumulator, odd on the other.
+    let mut b = 0;
+    while b + 2 <= nb {
         if PREFETCH {
-            // Scales `PREFETCH_BYTES` of codes ahead (`wrapping_add`: past the matrix's end it
-            // is only a hint).
-            _mm_prefetch::<_MM_HINT_T0>(w.scales.as_ptr().wrapping_add(start + PREFETCH_BYTES / BLOCK) as *const i8);
-        }
-        widen_16_x86(&w.scales[start..start + chunk], &mut d32);
-        let mut i = 0;
-        while i + 2 <= chunk {
-            if PREFETCH {
-                // The codes `PREFETCH_BYTES` ahead: one line per two blocks.
-                _mm_prefetch::<_MM_HINT_T0>(w.codes.as_ptr().wrapping_add((start + i) * BLOCK + PREFETCH_BYTES));
+            // The codes `PREFETCH_BYTES` ahead (one line per two blocks), the scales as many
+            // blocks ahead every 16 (`wrapping_add`: past the matrix's end it is only a hint).
+            _mm_prefetch::<_MM_HINT_T0>(w.codes.as_ptr().wrapping_add(b * BLOCK + PREFETCH_BYTES));
+            if b % 16 == 0 {
+                _mm_prefetch::<_MM_HINT_T0>(w.scales.as_ptr().wrapping_add(b + PREFETCH_BYTES / BLOCK) as *const i8);
             }
-            block(start + i, d32[i], &mut acc0);
-            block(start + i + 1, d32[i + 1], &mut acc1);
-            i += 2;
         }
-        if i < chunk {
-            block(start + i, d32[i], &mut acc0);
-        }
+        block(b, *w.scales.get_unchecked(b), &mut acc0);
+        block(b + 1, *w.scales.get_unchecked(b + 1), &mut acc1);
+        b += 2;
+    }
+    if b < nb {
+        block(b, *w.scales.get_unchecked(b), &mut acc0);
     }
     let acc = _mm256_add_ps(acc0, acc1);
     let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
@@ -237,7 +252,7 @@ unsafe fn dot_neon(w: &WRow8, x: &XRow) -> f32 {
             sums = vpadalq_s16(sums, vmull_s8(vget_low_s8(c), vget_low_s8(q)));
             sums = vpadalq_s16(sums, vmull_high_s8(c, q));
         }
-        let scale = w.scales.get_unchecked(b).to_f32() * *x.scales.get_unchecked(b);
+        let scale = *w.scales.get_unchecked(b) * *x.scales.get_unchecked(b);
         acc = vfmaq_n_f32(acc, vcvtq_f32_s32(sums), scale);
     }
     vaddvq_f32(acc) + offsets_dot(w, x)
@@ -280,8 +295,10 @@ mod tests {
                 want += (0..k / BLOCK).map(|b| offsets[j * k / BLOCK + b] as f64 * xr.sums[b] as f64).sum::<f64>();
                 let got = y[r * n + j] as f64;
                 assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "row {r} col {j}: {got} vs {want}");
-                let (scales, offsets) = m.blocks.row(j);
-                let w = WRow8 { codes: &codes[j * k..][..k], scales, offsets };
+                let (mut scales, mut offsets) = (Vec::new(), Vec::new());
+                widen(m.blocks.row(j).0, &mut scales);
+                widen(m.blocks.row(j).1, &mut offsets);
+                let w = WRow8 { codes: &codes[j * k..][..k], scales: &scales, offsets: &offsets };
                 assert!((dot_scalar(&w, &xr) as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()));
                 #[cfg(target_arch = "x86_64")]
                 if Isa::detect() != Isa::Scalar {

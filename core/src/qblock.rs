@@ -189,6 +189,13 @@ impl Blocks {
         (&self.scales[j * nb..][..nb], self.offsets.as_ref().map_or(&[][..], |o| &o[j * nb..][..nb]))
     }
 
+    /// Rows `rows`' scales and offsets (empty when symmetric), `[rows][k / 32]` each.
+    pub(crate) fn rows(&self, rows: std::ops::Range<usize>) -> (&[f16], &[f16]) {
+        let nb = self.k / BLOCK;
+        let range = rows.start * nb..rows.end * nb;
+        (&self.scales[range.clone()], self.offsets.as_ref().map_or(&[][..], |o| &o[range]))
+    }
+
     /// True when the scales are exactly `scales` and there are no offsets.
     pub fn is_symmetric_with(&self, scales: &[f32]) -> bool {
         self.offsets.is_none()
@@ -204,25 +211,6 @@ impl Blocks {
 pub(crate) fn f16_to_f32_x86(h: f16) -> f32 {
     use std::arch::x86_64::*;
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h.to_bits()))))
-}
-
-/// Up to 16 f16 block parameters widened into `dst` (kernels read a row's scales through it, 16
-/// blocks at a time: two vector conversions instead of one per block).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,f16c")]
-#[inline]
-pub(crate) fn widen_16_x86(src: &[f16], dst: &mut [f32; 16]) {
-    use std::arch::x86_64::*;
-    if src.len() == 16 {
-        // SAFETY: 16 f16 are 32 bytes in bounds; `dst` has room for 16 f32.
-        unsafe {
-            let halves = src.as_ptr() as *const __m128i;
-            _mm256_storeu_ps(dst.as_mut_ptr(), _mm256_cvtph_ps(_mm_loadu_si128(halves)));
-            _mm256_storeu_ps(dst.as_mut_ptr().add(8), _mm256_cvtph_ps(_mm_loadu_si128(halves.add(1))));
-        }
-    } else {
-        src.iter().zip(dst.iter_mut()).for_each(|(h, d)| *d = f16_to_f32_x86(*h));
-    }
 }
 
 /// Activation rows quantized per block: int8 values, block scales and exact float block sums;
