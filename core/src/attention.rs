@@ -20,6 +20,9 @@ use crate::kv_cache::{Head, KvPrecision, LayerKv};
 /// Rows at or below which the direct (per-row) kernel runs instead of GEMM.
 const DIRECT_ROWS: usize = 16;
 
+/// Cached positions from which the direct kernel's heads run as tasks on a multithread plan's pool.
+const PARALLEL_POSITIONS: usize = 256;
+
 /// Appends `k_new`, `v_new` (`[1, kv, seq, d]`) to the session's cache, then computes
 /// `out[h, r] = softmax(scale * q[h, r] . k[h, j] for j <= pos(r)) . v[h, j]` with q
 /// `[1, kv, rows, d]` (the group's query heads stacked along rows: row `r` is at position
@@ -104,8 +107,19 @@ impl OpState for LayerCache {
                     bail!("attention tensors must be contiguous")
                 };
                 let part = rows * dim;
-                for (h, (q, o)) in q.chunks_exact(part).zip(o.chunks_exact_mut(part)).enumerate() {
-                    direct(q, kv.keys(h), kv.values(h), dim, &visible, &softmax, o);
+                let head = |h: usize, q: &[f32], o: &mut [f32]| {
+                    direct(q, kv.keys(h), kv.values(h), dim, &visible, &softmax, o)
+                };
+                let heads_iter = q.chunks_exact(part).zip(o.chunks_exact_mut(part)).enumerate();
+                match current_tract_executor() {
+                    // A long context makes each head's pass worth a task on the plan's pool.
+                    Executor::MultiThread(pool) if heads > 1 && total >= PARALLEL_POSITIONS => pool.scope(|scope| {
+                        for (h, (q, o)) in heads_iter {
+                            let head = &head;
+                            scope.spawn(move |_| head(h, q, o));
+                        }
+                    }),
+                    _ => heads_iter.for_each(|(h, (q, o))| head(h, q, o)),
                 }
             } else {
                 let q = q.view();
