@@ -107,9 +107,8 @@ impl OpState for LayerCache {
                     bail!("attention tensors must be contiguous")
                 };
                 let part = rows * dim;
-                let head = |h: usize, q: &[f32], o: &mut [f32]| {
-                    direct(q, kv.keys(h), kv.values(h), dim, &visible, &softmax, o)
-                };
+                let pass = DecodePass { dim, visible: &visible, softmax: &softmax, simd: simd_usable(dim) };
+                let head = |h: usize, q: &[f32], o: &mut [f32]| pass.head(q, kv.keys(h), kv.values(h), o);
                 let heads_iter = q.chunks_exact(part).zip(o.chunks_exact_mut(part)).enumerate();
                 match current_tract_executor() {
                     // A long context makes each head's pass worth a task on the plan's pool.
@@ -177,52 +176,117 @@ fn attend(
     out.assign(&scores.dot(&v));
 }
 
-/// Attention of one KV head for a few query rows (decode): `q` and `out` are the head's `[rows][dim]`,
-/// row `r` sees the first `visible[r]` positions. On x86 with AVX2, FMA and F16C (tract's kernels
-/// dispatch the same way) and `dim` a multiple of 64, [`crate::attention_x86`]'s kernels; else
-/// portable code.
-fn direct(q: &[f32], keys: Head, values: Head, dim: usize, visible: &[usize], softmax: &Softmax, out: &mut [f32]) {
-    let rows = q.len() / dim;
-    let total = match keys {
-        Head::F32(k) => k.len(),
-        Head::F16(k) => k.len(),
-    } / dim;
-    let mut probs = vec![0f32; rows * total];
+/// Whether [`DecodePass`] can take [`crate::attention_x86`]'s kernels: x86 with AVX2, FMA and F16C
+/// (tract's kernels dispatch the same way) and `dim` a multiple of 64. Checked once per op call.
+fn simd_usable(dim: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if dim.is_multiple_of(64)
-        && is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
     {
+        dim.is_multiple_of(64)
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = dim;
+        false
+    }
+}
+
+/// What every head of one decode call shares: the head size, each query row's visible positions,
+/// the softmax, and whether [`crate::attention_x86`]'s kernels apply ([`simd_usable`]).
+struct DecodePass<'a> {
+    dim: usize,
+    visible: &'a [usize],
+    softmax: &'a Softmax,
+    // Read only where the x86 kernels exist; elsewhere `simd_usable` is always false.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    simd: bool,
+}
+
+thread_local! {
+    /// [`DecodePass::head`]'s `rows × total` probabilities, reused across heads and calls per thread.
+    static PROBS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl DecodePass<'_> {
+    /// Attention of one KV head for a few query rows: `q` and `out` are the head's `[rows][dim]`,
+    /// row `r` sees the first `visible[r]` positions.
+    fn head(&self, q: &[f32], keys: Head, values: Head, out: &mut [f32]) {
+        let rows = q.len() / self.dim;
+        let total = match keys {
+            Head::F32(k) => k.len(),
+            Head::F16(k) => k.len(),
+        } / self.dim;
+        PROBS.with_borrow_mut(|probs| {
+            probs.clear();
+            probs.resize(rows * total, 0.0);
+            #[cfg(target_arch = "x86_64")]
+            if self.simd {
+                self.simd_head(q, keys, values, rows, total, probs, out);
+                return;
+            }
+            self.portable_head(q, keys, values, rows, total, probs, out);
+        })
+    }
+
+    /// [`Self::head`] with [`crate::attention_x86`]'s kernels.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    fn simd_head(
+        &self,
+        q: &[f32],
+        keys: Head,
+        values: Head,
+        rows: usize,
+        total: usize,
+        probs: &mut [f32],
+        out: &mut [f32],
+    ) {
         use crate::attention_x86::{mix, scores};
-        // SAFETY (all four): the CPU has the features; the slices hold `rows × dim`,
-        // `total × dim` and `rows × total` values, `dim` is a multiple of 64.
+        let dim = self.dim;
+        // SAFETY (all four): `simd_usable` checked the CPU features and `dim`; the slices hold
+        // `rows × dim`, `total × dim` and `rows × total` values.
         match keys {
-            Head::F32(k) => unsafe { scores(q, k, rows, dim, &mut probs) },
-            Head::F16(k) => unsafe { scores(q, k, rows, dim, &mut probs) },
+            Head::F32(k) => unsafe { scores(q, k, rows, dim, probs) },
+            Head::F16(k) => unsafe { scores(q, k, rows, dim, probs) },
         }
-        softmax_rows(&mut probs, total, visible, softmax);
+        softmax_rows(probs, total, self.visible, self.softmax);
         match values {
-            Head::F32(v) => unsafe { mix(&probs, v, rows, dim, out) },
-            Head::F16(v) => unsafe { mix(&probs, v, rows, dim, out) },
-        }
-        return;
-    }
-    let mut position = vec![0f32; dim];
-    for j in 0..total {
-        let key = read(keys, j, &mut position);
-        for r in (0..rows).filter(|&r| j < visible[r]) {
-            probs[r * total + j] = dot(&q[r * dim..(r + 1) * dim], key);
+            Head::F32(v) => unsafe { mix(probs, v, rows, dim, out) },
+            Head::F16(v) => unsafe { mix(probs, v, rows, dim, out) },
         }
     }
-    softmax_rows(&mut probs, total, visible, softmax);
-    out.fill(0.0);
-    for j in 0..total {
-        let value = read(values, j, &mut position);
-        for r in (0..rows).filter(|&r| j < visible[r]) {
-            let p = probs[r * total + j];
-            for (o, &x) in out[r * dim..(r + 1) * dim].iter_mut().zip(value) {
-                *o += p * x;
+
+    /// [`Self::head`] in portable code, one position at a time (f16 widened through a small buffer).
+    #[allow(clippy::too_many_arguments)]
+    fn portable_head(
+        &self,
+        q: &[f32],
+        keys: Head,
+        values: Head,
+        rows: usize,
+        total: usize,
+        probs: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let (dim, visible) = (self.dim, self.visible);
+        let mut position = vec![0f32; dim];
+        for j in 0..total {
+            let key = read(keys, j, &mut position);
+            for r in (0..rows).filter(|&r| j < visible[r]) {
+                probs[r * total + j] = dot(&q[r * dim..(r + 1) * dim], key);
+            }
+        }
+        softmax_rows(probs, total, visible, self.softmax);
+        out.fill(0.0);
+        for j in 0..total {
+            let value = read(values, j, &mut position);
+            for r in (0..rows).filter(|&r| j < visible[r]) {
+                let p = probs[r * total + j];
+                for (o, &x) in out[r * dim..(r + 1) * dim].iter_mut().zip(value) {
+                    *o += p * x;
+                }
             }
         }
     }

@@ -7,6 +7,8 @@ use std::arch::x86_64::*;
 
 use tract_onnx::prelude::f16;
 
+use crate::simd_x86::hsum;
+
 /// Query rows that share one pass over the keys.
 const GROUP: usize = 4;
 
@@ -101,11 +103,4 @@ pub(crate) unsafe fn mix<E: Lanes>(probs: &[f32], values: &[E], rows: usize, dim
             }
         }
     }
-}
-
-#[inline(always)]
-unsafe fn hsum(acc: __m256) -> f32 {
-    let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)))
 }

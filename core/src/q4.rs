@@ -9,10 +9,10 @@
 use tract_onnx::prelude::{f16, Tensor};
 
 #[cfg(target_arch = "x86_64")]
-use crate::qblock::f16_to_f32_x86;
-#[cfg(target_arch = "x86_64")]
 use crate::qblock::PREFETCH_BYTES;
 use crate::qblock::{Blocks, Codes, Isa, QuantizedRows, XRow, BLOCK};
+#[cfg(target_arch = "x86_64")]
+use crate::simd_x86::{f16_to_f32, hsum};
 
 /// A `[n, k]` 4-bit weight matrix (`k` a multiple of [`BLOCK`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -192,15 +192,6 @@ fn dot_scalar(w: &WRow, x: &XRow) -> f32 {
     acc + offsets_dot(w.offsets, x.sums)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn hsum_avx2(acc: std::arch::x86_64::__m256) -> f32 {
-    use std::arch::x86_64::*;
-    let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)))
-}
-
 /// `R` activation rows against one weight row, signed codes (maddubs with the sign moved onto q).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -218,7 +209,7 @@ unsafe fn dot4_avx2<const R: usize>(w: &WRow, x: [XRow; R]) -> [f32; R] {
         // [codes 0..16 | codes 16..32] as signed bytes in -8..=7.
         let signed = _mm256_sub_epi8(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low), eight);
         let magnitude = _mm256_sign_epi8(signed, signed);
-        let d = f16_to_f32_x86(*w.scales.get_unchecked(b));
+        let d = f16_to_f32(*w.scales.get_unchecked(b));
         for r in 0..R {
             let q = _mm256_loadu_si256(x[r].q.as_ptr().add(b * BLOCK) as *const __m256i);
             // maddubs multiplies unsigned by signed: move the code's sign onto q.
@@ -230,7 +221,7 @@ unsafe fn dot4_avx2<const R: usize>(w: &WRow, x: [XRow; R]) -> [f32; R] {
     }
     let mut out = [0f32; R];
     for r in 0..R {
-        out[r] = hsum_avx2(acc[r]) + offsets_dot_avx2(w.offsets, x[r].sums);
+        out[r] = hsum(acc[r]) + offsets_dot_avx2(w.offsets, x[r].sums);
     }
     out
 }
@@ -320,7 +311,7 @@ unsafe fn dot_vnni_rows<const R: usize, const PREFETCH: bool>(w: &WRow, x: [XRow
         let b = nb - 1;
         let raw = _mm_loadu_si128(codes.add(b * BLOCK / 2) as *const __m128i);
         let block = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
-        let d = _mm256_set1_ps(f16_to_f32_x86(*w.scales.get_unchecked(b)));
+        let d = _mm256_set1_ps(f16_to_f32(*w.scales.get_unchecked(b)));
         for (acc, x) in acc[1].iter_mut().zip(&x) {
             let q = _mm256_loadu_si256(x.paired.q.as_ptr().add(b * BLOCK) as *const __m256i);
             let ints = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), block, q);
@@ -329,7 +320,7 @@ unsafe fn dot_vnni_rows<const R: usize, const PREFETCH: bool>(w: &WRow, x: [XRow
     }
     let mut out = [0f32; R];
     for (r, out) in out.iter_mut().enumerate() {
-        *out = hsum_avx2(_mm256_add_ps(acc[0][r], acc[1][r])) + offsets_dot_avx2(w.offsets, x[r].sums);
+        *out = hsum(_mm256_add_ps(acc[0][r], acc[1][r])) + offsets_dot_avx2(w.offsets, x[r].sums);
     }
     out
 }
@@ -347,7 +338,7 @@ unsafe fn offsets_dot_avx2(offsets: &[f16], sums: &[f32]) -> f32 {
         acc = _mm256_fmadd_ps(o, _mm256_loadu_ps(sums.as_ptr().add(i)), acc);
         i += 8;
     }
-    hsum_avx2(acc) + (i..n).map(|i| f16_to_f32_x86(offsets[i]) * sums[i]).sum::<f32>()
+    hsum(acc) + (i..n).map(|i| f16_to_f32(offsets[i]) * sums[i]).sum::<f32>()
 }
 
 /// `acc + Σ` of each four adjacent `a·b` byte products (`sdot`; the intrinsic is not stable yet).

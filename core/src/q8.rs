@@ -231,10 +231,7 @@ unsafe fn dot_x86<const VNNI: bool, const PREFETCH: bool>(w: &WRow8, x: &XRow) -
     if b < nb {
         block(b, *w.scales.get_unchecked(b), &mut acc0);
     }
-    let acc = _mm256_add_ps(acc0, acc1);
-    let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1))) + offsets_dot(w, x)
+    crate::simd_x86::hsum(_mm256_add_ps(acc0, acc1)) + offsets_dot(w, x)
 }
 
 #[cfg(target_arch = "aarch64")]

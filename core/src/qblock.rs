@@ -204,15 +204,6 @@ impl Blocks {
     }
 }
 
-/// One f16 block parameter as f32 with F16C (the kernels' callers have checked the CPU has it).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "f16c")]
-#[inline]
-pub(crate) fn f16_to_f32_x86(h: f16) -> f32 {
-    use std::arch::x86_64::*;
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h.to_bits()))))
-}
-
 /// Activation rows quantized per block: int8 values, block scales and exact float block sums;
 /// on CPUs with AVX-VNNI also a [`Paired`] copy for the 4-bit kernel that reads two blocks per load.
 #[derive(Debug, Default, Clone)]
