@@ -5,15 +5,19 @@
     python bench/llama_perplexity.py --gguf FILE --ids-from ours.json
 
 Reads the token ids, window and stride from pocketlm's JSON, evaluates each window in a fresh
-llama.cpp context with logits for every position, and scores every token once (the same rule as
-pocketlm's core/src/perplexity.rs). Prints one JSON line.
+llama.cpp context with logits for every position, and scores every token once by
+models/windows.py (the rule of pocketlm's core/src/perplexity.rs). Prints one JSON line.
 """
 import argparse
 import json
 import math
+import sys
+from pathlib import Path
 
-import numpy as np
 from llama_cpp import Llama
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "models"))
+from windows import mean_nll  # noqa: E402  (models/ is not a package)
 
 
 def main():
@@ -27,23 +31,15 @@ def main():
     ids, window, stride = ours["token_ids"], ours["window"], ours["stride"]
     llm = Llama(model_path=args.gguf, n_ctx=window, n_batch=window, n_threads=args.threads,
                 n_threads_batch=args.threads, logits_all=True, verbose=False)
-    nll, scored, begin, done = 0.0, 0, 0, 1
-    while True:
-        end = min(begin + window, len(ids))
+
+    def logits_of(begin, end):
         llm.reset()
         llm.eval(ids[begin:end])
-        logits = np.asarray(llm.scores[: end - begin], dtype=np.float64)
-        for target in range(max(done, begin + 1), end):
-            row = logits[target - begin - 1]
-            m = row.max()
-            nll -= row[ids[target]] - m - math.log(np.exp(row - m).sum())
-            scored += 1
-        done = end
-        if end == len(ids):
-            break
-        begin += stride
-    print(json.dumps({"runtime": "llama.cpp", "gguf": args.gguf, "perplexity": math.exp(nll / scored),
-                      "mean_nll": nll / scored, "scored_tokens": scored, "window": window, "stride": stride}))
+        return llm.scores[: end - begin]
+
+    nll, scored = mean_nll(ids, window, stride, logits_of)
+    print(json.dumps({"runtime": "llama.cpp", "gguf": args.gguf, "perplexity": math.exp(nll),
+                      "mean_nll": nll, "scored_tokens": scored, "window": window, "stride": stride}))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ import sys
 import numpy as np
 import onnxruntime as ort
 
+from windows import mean_nll
+
 
 def session(model_dir, threads):
     opts = ort.SessionOptions()
@@ -83,23 +85,15 @@ def teacher_forced(sess, config, prompt_ids, continuation):
 
 def perplexity(sess, config, ids, window, stride):
     names = [o.name for o in sess.get_outputs()]
-    nll, scored, begin, done = 0.0, 0, 0, 1
-    while True:
-        end = min(begin + window, len(ids))
+
+    def logits_of(begin, end):
         feed = empty_cache(config)
         feed["input_ids"] = np.array([ids[begin:end]], np.int64)
         feed["position_ids"] = np.arange(0, end - begin, dtype=np.int64)[None, :]
-        logits = dict(zip(names, sess.run(names, feed)))["logits"][0].astype(np.float64)
-        for target in range(max(done, begin + 1), end):
-            row = logits[target - begin - 1]
-            top = row.max()
-            nll -= row[ids[target]] - top - math.log(np.exp(row - top).sum())
-            scored += 1
-        done = end
-        if end == len(ids):
-            break
-        begin += stride
-    return {"mean_nll": nll / scored, "perplexity": math.exp(nll / scored), "scored": scored}
+        return dict(zip(names, sess.run(names, feed)))["logits"][0]
+
+    nll, scored = mean_nll(ids, window, stride, logits_of)
+    return {"mean_nll": nll, "perplexity": math.exp(nll), "scored": scored}
 
 
 def answer(sess, config, request):
