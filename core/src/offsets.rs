@@ -62,6 +62,18 @@ impl Index {
     pub fn readers(&self, value: &str) -> usize {
         self.readers.get(value).copied().unwrap_or(0)
     }
+
+    /// If `value` is read once and is `Cast(t, to float)` of an initializer `t` read by that
+    /// `Cast` only (how the converter stores f16 tensors an op takes as f32): the `Cast` node's
+    /// index and `t`.
+    pub fn widened<'g>(&self, graph: &'g GraphProto, value: &str) -> Option<(usize, &'g TensorProto)> {
+        let cast = self.producer.get(value).copied().filter(|_| self.readers(value) == 1)?;
+        let cast_node = &graph.node[cast];
+        let to_float = cast_node.get_attr_opt::<i64>("to").ok()?? == DataType::Float as i64;
+        (cast_node.op_type == "Cast" && to_float).then_some(())?;
+        let source = cast_node.input.first().filter(|t| self.readers(t) == 1)?;
+        Some((cast, graph.initializer.iter().find(|t| &t.name == source)?))
+    }
 }
 
 /// The offset term around `graph.node[at]` (a `MatMulNBits` of `[n, k]`), if it has exactly the
@@ -86,12 +98,7 @@ pub fn find(graph: &GraphProto, index: &Index, at: usize, n: usize, k: usize) ->
     (matmul_node.op_type == "MatMul" && matmul_node.input.len() == 2).then_some(())?;
     let (sums, c) = (&matmul_node.input[0], &matmul_node.input[1]);
     // c = Cast(offsets, to float), offsets [K/32, N] f16 or f32.
-    let cast = producer(c).filter(|_| only_reader(c))?;
-    let cast_node = &graph.node[cast];
-    let to_float = cast_node.get_attr_opt::<i64>("to").ok()?? == DataType::Float as i64;
-    (cast_node.op_type == "Cast" && to_float).then_some(())?;
-    let offsets = cast_node.input.first().filter(|o| only_reader(o))?;
-    let table = initializer(offsets)?;
+    let (cast, table) = index.widened(graph, c)?;
     let dtype_ok = [DataType::Float16 as i32, DataType::Float as i32].contains(&table.data_type);
     (dtype_ok && table.dims == [(k / BLOCK) as i64, n as i64]).then_some(())?;
     // sums = ReduceSum(xb, axes [-1], keepdims 0).
@@ -114,7 +121,7 @@ pub fn find(graph: &GraphProto, index: &Index, at: usize, n: usize, k: usize) ->
     let allowzero = reshape_node.get_attr_opt::<i64>("allowzero").ok()?.unwrap_or(0);
     (reshape_node.op_type == "Reshape" && reshape_node.input[0] == *x && split && allowzero == 0).then_some(())?;
     Some(OffsetTerm {
-        offsets: offsets.clone(),
+        offsets: table.name.clone(),
         nodes: [reshape, reduce, cast, matmul, add],
         output: add_node.output.first()?.clone(),
     })

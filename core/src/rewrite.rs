@@ -221,13 +221,17 @@ fn const_of(model: &TypedModel, outlet: OutletId) -> Option<Arc<Tensor>> {
     model.node(outlet.node).op_as::<Const>().map(|c| c.val().clone())
 }
 
-/// The f32 `[n, k / 32]` constant that another `Gather` (not `lookup`) takes rows of: the block
-/// scales of the lookup (its indices come from the same token ids, through their own copy).
+/// The f32 or f16 `[n, k / 32]` constant (returned as f32) that another `Gather` (not `lookup`)
+/// takes rows of: the block scales of the lookup (its indices come from the same token ids,
+/// through their own copy).
 fn gathered_scales(model: &TypedModel, lookup: usize, n: usize, k: usize) -> Option<Arc<Tensor>> {
     model.nodes().iter().find_map(|node| {
         (node.id != lookup && node.op_as::<Gather>().is_some_and(|g| g.axis == 0)).then_some(())?;
         let scales = const_of(model, node.inputs[0])?;
-        (scales.datum_type() == f32::datum_type() && scales.shape() == [n, k / crate::qblock::BLOCK]).then_some(scales)
+        let float = [f32::datum_type(), f16::datum_type()].contains(&scales.datum_type());
+        (float && scales.shape() == [n, k / crate::qblock::BLOCK]).then_some(())?;
+        // f16 in the converter's files (then widened by a `Cast` the lookup chain allows).
+        Some(scales.cast_to::<f32>().ok()?.into_owned().into_arc_tensor())
     })
 }
 

@@ -128,7 +128,11 @@ pub fn detach_weights(proto: &mut ModelProto) -> TractResult<Detached> {
         let is_initializer =
             |i: usize| node.input.get(i).is_some_and(|n| graph.initializer.iter().any(|t| &t.name == n));
         let no_input = |i: usize| node.input.get(i).is_none_or(String::is_empty);
-        if !(is_initializer(1) && is_initializer(2) && (no_input(3) || is_initializer(3))) {
+        // Scales may be f16 in the file, widened by a `Cast` (the converter's form): the `Cast`
+        // leaves the graph and its source is read as the scales.
+        let widened_scales = node.input.get(2).and_then(|s| index.widened(graph, s)).map(|(c, t)| (c, t.name.clone()));
+        if !(is_initializer(1) && (is_initializer(2) || widened_scales.is_some()) && (no_input(3) || is_initializer(3)))
+        {
             continue;
         }
         let shape = Shape::of(node)?;
@@ -143,7 +147,11 @@ pub fn detach_weights(proto: &mut ModelProto) -> TractResult<Detached> {
         };
         let node = &mut graph.node[at];
         let mut input = |i: usize| node.input.get_mut(i).filter(|n| !n.is_empty()).map(std::mem::take);
-        let (b, scales, zero_points) = (input(1), input(2), input(3));
+        let (b, mut scales, zero_points) = (input(1), input(2), input(3));
+        if let Some((cast, source)) = widened_scales {
+            scales = Some(source);
+            dropped.push(cast);
+        }
         let mut weights = NodeWeights {
             shape,
             b: b.and_then(&mut take).context("checked above")?,
@@ -235,7 +243,8 @@ pub(crate) fn blocks(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto_test::{inline, nbits_node};
+    use crate::proto_test::{inline, nbits_node, node};
+    use tract_onnx::pb::tensor_proto::DataType;
 
     #[test]
     fn detaching_moves_private_weights_copies_shared_ones_and_skips_unsupported_nodes() {
@@ -267,5 +276,35 @@ mod tests {
             |w: &NodeWeights| (w.b.name.clone(), w.scales.name.clone(), w.zero_points.as_ref().map(|z| z.name.clone()));
         assert_eq!(names(&detached.0[1]), ("wb".into(), "shared".into(), Some("zb".into())));
         assert_eq!(detached.0[1].shape, Shape { n: 8, k: 64, bits: 8 });
+    }
+
+    #[test]
+    fn f16_scales_behind_a_cast_are_detached_with_the_cast_unless_shared() {
+        let to_float = [("to", DataType::Float as i64)];
+        let graph = GraphProto {
+            node: vec![
+                node("Cast", &["s16"], "s", &to_float),
+                nbits_node(&["x", "w", "s"], "y", 4),
+                node("Cast", &["t16"], "t", &to_float),
+                nbits_node(&["x", "v", "t"], "z", 4),
+                node("Relu", &["t16"], "spy", &[]),
+            ],
+            initializer: vec![
+                inline::<u8>("w", &[1], &[0]),
+                inline::<f16>("s16", &[1], &[f16::from_f32(0.5)]),
+                inline::<u8>("v", &[1], &[0]),
+                inline::<f16>("t16", &[1], &[f16::from_f32(0.25)]),
+            ],
+            ..Default::default()
+        };
+        let mut proto = ModelProto { graph: Some(graph), ..Default::default() };
+        let detached = detach_weights(&mut proto).unwrap();
+        assert_eq!(detached.len(), 1, "t16 is also read by the Relu: its node keeps its Cast");
+        assert_eq!((detached.0[0].b.name.as_str(), detached.0[0].scales.name.as_str()), ("w", "s16"));
+        let graph = proto.graph.unwrap();
+        let ops: Vec<&str> = graph.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(ops, ["MatMulNBits", "Cast", "MatMulNBits", "Relu"], "the first Cast left with its scales");
+        assert_eq!(graph.node[0].input, ["x", "", ""]);
+        assert_eq!(graph.node[2].input, ["x", "v", "t"]);
     }
 }

@@ -3,7 +3,8 @@
 4-bit: codes 0..15, stored as symmetric codes `(code - 8) * d` plus a per-block offset that
 carries an asymmetric block exactly (`from_q4_1`); two codes per byte, the even element in the
 low nibble. 8-bit: symmetric int8 codes times a per-block scale (`quantize_q8`), stored as
-uint8 `code + 128`. Scales are f16-exact values (as llama.cpp stores them), kept as float32.
+uint8 `code + 128`. Scales are f16-exact values (as llama.cpp stores them): float32 here, float16
+in the file (`graph.py`).
 """
 import numpy as np
 
