@@ -423,7 +423,10 @@ mod tests {
             QuantizedRows::quantize(&rows[..11 * 32], 11 * 32),
             QuantizedRows::quantize(&rows[11 * 32..], 11 * 32),
         ]);
-        assert_eq!((parts.rows, &parts.q, &parts.scales, &parts.sums), (whole.rows, &whole.q, &whole.scales, &whole.sums));
+        assert_eq!(
+            (parts.rows, &parts.q, &parts.scales, &parts.sums),
+            (whole.rows, &whole.q, &whole.scales, &whole.sums)
+        );
         assert_eq!(
             (&parts.paired.q, &parts.paired.scales, &parts.paired.corrections),
             (&whole.paired.q, &whole.paired.scales, &whole.paired.corrections)

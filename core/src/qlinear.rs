@@ -71,6 +71,9 @@ const MIN_ROWS_PER_TASK: usize = 64;
 /// dispatch (measured: four per thread made 2-thread decode ~10% slower).
 const TASKS_PER_THREAD: usize = 1;
 
+/// Activation rows from which a multithread plan quantizes them in parts on its pool.
+const PARALLEL_QUANTIZE_ROWS: usize = 16;
+
 /// `x [.., k] f32 → y [.., n] f32`, `y = x · Wᵀ`.
 #[derive(Clone, Debug)]
 pub struct QLinear {
@@ -123,7 +126,21 @@ impl EvalOp for QLinear {
         ensure!(x.shape().last() == Some(&k), "QLinear input {:?}: last axis must be {k}", x.shape());
         let x = x.as_standard_layout();
         let x = x.as_slice().context("contiguous input")?;
-        let q = QuantizedRows::quantize(x, k);
+        let executor = current_tract_executor();
+        let q = match &executor {
+            // Prefill: the rows are quantized in parts on the pool (same values as in one go).
+            Executor::MultiThread(pool) if x.len() / k >= PARALLEL_QUANTIZE_ROWS => {
+                let per_task = (x.len() / k).div_ceil(pool.current_num_threads()) * k;
+                let mut parts = vec![QuantizedRows::default(); x.len().div_ceil(per_task)];
+                pool.scope(|scope| {
+                    for (part, x) in parts.iter_mut().zip(x.chunks(per_task)) {
+                        scope.spawn(move |_| *part = QuantizedRows::quantize(x, k));
+                    }
+                });
+                QuantizedRows::concat(parts)
+            }
+            _ => QuantizedRows::quantize(x, k),
+        };
         let rows = q.rows();
         let mut shape: TVec<usize> = inputs[0].shape().into();
         *shape.last_mut().expect("rank >= 1") = n;
@@ -131,7 +148,7 @@ impl EvalOp for QLinear {
         let mut view = out.to_plain_array_view_mut::<f32>()?;
         let y = view.as_slice_mut().context("fresh tensor is contiguous")?;
         let weight = &*self.weight;
-        match current_tract_executor() {
+        match executor {
             Executor::MultiThread(pool) if n > MIN_ROWS_PER_TASK => {
                 let per_task = MIN_ROWS_PER_TASK.max(n.div_ceil(TASKS_PER_THREAD * pool.current_num_threads()));
                 let q = &q;
