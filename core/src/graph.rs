@@ -58,14 +58,16 @@ fn graph_err(what: &str, e: TractError) -> Error {
 }
 
 /// tract's typed model of the parsed `proto` (files relative to `dir`), checked against `config`.
+/// `proto` is dropped once parsed, before type analysis allocates.
 fn parse_and_type(
     onnx: &tract_onnx::Onnx,
-    proto: &tract_onnx::pb::ModelProto,
+    proto: tract_onnx::pb::ModelProto,
     dir: Option<&str>,
     config: &ModelConfig,
     lap: &dyn Fn(&str),
 ) -> Result<TypedModel> {
-    let parsed = onnx.parse(proto, dir).map_err(|e| graph_err("cannot parse the ONNX graph", e))?;
+    let parsed = onnx.parse(&proto, dir).map_err(|e| graph_err("cannot parse the ONNX graph", e))?;
+    drop(proto);
     if !parsed.unresolved_inputs.is_empty() {
         return Err(Error::Graph(format!("unresolved inputs {:?}", parsed.unresolved_inputs)));
     }
@@ -104,11 +106,10 @@ impl DecoderGraph {
                 crate::memory::release_freed_heap();
                 weights
             });
-            let typed = parse_and_type(&onnx, &proto, dir, config, &lap);
+            let typed = parse_and_type(&onnx, proto, dir, config, &lap);
             let weights = loading.join().unwrap_or_else(|_| Err(format_err!("loading weights panicked")));
             (typed, weights)
         });
-        drop(proto);
         let mut typed = typed?;
         let weights = weights.map_err(|e| graph_err("reading quantized weights", e))?;
         let packed = crate::nbits::pack(&mut typed, weights).map_err(|e| graph_err("packing quantized weights", e))?;
