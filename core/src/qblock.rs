@@ -271,7 +271,7 @@ impl QuantizedRows {
                 let inverse = if amax != 0.0 { 127.0 / amax } else { 0.0 };
                 *scale = amax / 127.0;
                 for (q, v) in q.iter_mut().zip(block) {
-                    *q = round_ties_even(v * inverse) as i8;
+                    *q = round_to_i8(v * inverse);
                 }
             }
         }
@@ -351,7 +351,6 @@ impl QuantizedRows {
     }
 }
 
-/// Rounds half to even like `f32::round_ties_even` for |v| < 2^22 (here |v| <= 127), in plain
 /// Blocks whose sums [`QuantizedRows::quantize`] computes together.
 const GROUP_BLOCKS: usize = 8;
 
@@ -377,12 +376,13 @@ fn block_sums(x: &[f32], sums: &mut [f32]) {
     sums.copy_from_slice(&acc[..n]);
 }
 
-/// float arithmetic the compiler vectorizes: adding and removing 1.5 · 2^23 leaves no fraction bits,
-/// and IEEE addition rounds half to even.
+/// `v` (|v| <= 127) rounded half to even, as `f32::round_ties_even(v) as i8`, in integer
+/// arithmetic the compiler vectorizes: adding 1.5 · 2^23 leaves no fraction bits (IEEE addition
+/// rounds half to even), and the sum's low mantissa bits then hold the integer itself.
 #[inline]
-fn round_ties_even(v: f32) -> f32 {
+fn round_to_i8(v: f32) -> i8 {
     const MAGIC: f32 = 12_582_912.0;
-    (v + MAGIC) - MAGIC
+    ((v + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32) as i8
 }
 
 #[cfg(test)]
@@ -405,6 +405,16 @@ mod tests {
         assert!(q.q.iter().any(|&v| v == 127 || v == -127), "the largest value maps to ±127");
         let zero = QuantizedRows::quantize(&[0.0; 32], 32);
         assert_eq!((zero.scales[0], zero.q.iter().all(|&v| v == 0)), (0.0, true));
+    }
+
+    #[test]
+    fn rounding_to_i8_is_round_half_to_even() {
+        // Quarter steps over the whole range (every .5 a tie), and values just off the ties.
+        let quarters = (-508..=508).map(|i| i as f32 / 4.0);
+        let near = (-127..127).flat_map(|i| [i as f32 + 0.5 - 1e-5, i as f32 + 0.5 + 1e-5]);
+        for v in quarters.chain(near) {
+            assert_eq!(round_to_i8(v), v.round_ties_even() as i8, "{v}");
+        }
     }
 
     #[test]
