@@ -86,13 +86,11 @@ impl Q4Matrix {
             #[cfg(target_arch = "x86_64")]
             if Isa::detect() == Isa::AvxVnni {
                 // Two weight rows per call share the activation's loads (same bits as one by one).
-                // (Four rows per call measured no faster than one: the accumulators no longer fit
-                // in registers.)
                 let mut outs = y[..rows.len()].chunks_exact_mut(2);
                 let mut j = rows.start;
                 for out in &mut outs {
                     // SAFETY: the CPU has AVX-VNNI (checked above); rows hold `k / 32` blocks.
-                    out.copy_from_slice(&unsafe { dot_vnni_wrows::<2>([weight_row(j), weight_row(j + 1)], &x) });
+                    out.copy_from_slice(&unsafe { dot_vnni_wrows::<2, true>([weight_row(j), weight_row(j + 1)], &x) });
                     j += 2;
                 }
                 for out in outs.into_remainder() {
@@ -109,6 +107,25 @@ impl Q4Matrix {
         }
         // The activation rows' views, made once rather than per weight row (~2% of prefill).
         let xs: Vec<XRow> = (0..x.rows()).map(row).collect();
+        #[cfg(target_arch = "x86_64")]
+        if Isa::detect() == Isa::AvxVnni {
+            let quads: Vec<Quad> = xs.chunks_exact(4).map(|x| Quad::new([x[0], x[1], x[2], x[3]])).collect();
+            for (jj, j) in rows.enumerate() {
+                let w = weight_row(j);
+                for (g, quad) in quads.iter().enumerate() {
+                    // SAFETY: the CPU has AVX-VNNI (checked above); rows hold `k / 32` blocks.
+                    let acc = unsafe { dot_vnni_quad(&w, quad) };
+                    for (i, a) in acc.into_iter().enumerate() {
+                        y[(4 * g + i) * y_stride + jj] = a;
+                    }
+                }
+                for (r, xr) in xs.iter().enumerate().skip(4 * quads.len()) {
+                    // SAFETY: as above.
+                    y[r * y_stride + jj] = unsafe { kernel(&w, xr) };
+                }
+            }
+            return;
+        }
         for (jj, j) in rows.enumerate() {
             let w = weight_row(j);
             let mut r = 0;
@@ -180,7 +197,7 @@ fn dot4(w: &WRow, x: [XRow; 4]) -> [f32; 4] {
     #[cfg(target_arch = "x86_64")]
     if Isa::detect() == Isa::AvxVnni {
         // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { dot_vnni_rows::<4, false>(w, x) };
+        return unsafe { dot_vnni_quad(w, &Quad::new(x)) };
     }
     #[cfg(target_arch = "x86_64")]
     if Isa::detect() == Isa::Avx2 {
@@ -251,139 +268,126 @@ unsafe fn dot_avx2(w: &WRow, x: &XRow) -> f32 {
     dot4_avx2::<1>(w, [*x])[0]
 }
 
-/// One activation row with AVX-VNNI ([`dot_vnni_rows`]); with `PREFETCH`, the weight rows ahead
-/// are prefetched (decode).
+/// One activation row with AVX-VNNI ([`dot_vnni_wrows`]); with `PREFETCH`, the weight rows
+/// ahead are prefetched (decode).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
 unsafe fn dot_vnni<const PREFETCH: bool>(w: &WRow, x: &XRow) -> f32 {
-    dot_vnni_rows::<1, PREFETCH>(w, [*x])[0]
+    dot_vnni_wrows::<1, PREFETCH>([*w], x)[0]
 }
 
-/// `R` activation rows against one weight row with AVX-VNNI, two blocks per step: one 32-byte
-/// load holds both blocks' codes; their low nibbles (codes 0..16 of each) and high nibbles
-/// (16..32) are multiplied, as unsigned values, by the [`Paired`](crate::qblock::QuantizedRows)
-/// activations laid out to match, then the `8 · Σ q` the unsigned codes add is subtracted in the
-/// integers. Lanes 0..4 of a step hold block `b`, lanes 4..8 block `b + 1`: one conversion and one
-/// FMA per two blocks and row.
+// The AVX-VNNI kernels read two blocks per step: one 32-byte load holds both blocks' codes; their
+// low nibbles (codes 0..16 of each) and high nibbles (16..32) are multiplied, as unsigned values,
+// by the `Paired` activations laid out to match (`qblock.rs`), giving four partial sums per block
+// (lanes 0..4: block 2p, 4..8: block 2p + 1). Horizontal adds then make each block's exact integer
+// sum, the `8 · Σ q` the unsigned codes add is subtracted in the integers, and one conversion and
+// FMA serve every (row, block) lane of the step: `acc += (I - c) · (d · s)`, pairs alternating
+// between two accumulators. Every row's lanes see the same operations in the same order whether
+// it is computed with one weight row, two, or against four activation rows ([`dot_vnni_quad`]), so
+// a result has the same bits in decode and in prefill.
+
+/// Weight row `w`'s block scales for pair `p`: `[d_2p × 4, d_2p+1 × 4]`, from one 4-byte load of
+/// two f16.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-unsafe fn dot_vnni_rows<const R: usize, const PREFETCH: bool>(w: &WRow, x: [XRow; R]) -> [f32; R] {
+#[target_feature(enable = "avx2,f16c")]
+#[inline]
+unsafe fn pair_scales(w: &WRow, p: usize) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let halves = _mm_cvtsi32_si128(std::ptr::read_unaligned(w.scales.as_ptr().add(2 * p) as *const i32));
+    _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(halves)), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1))
+}
+
+/// The unsigned codes of weight row `w`'s pair `p` times the paired activation codes `q` (64
+/// bytes): four partial sums per block.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avxvnni")]
+#[inline]
+unsafe fn pair_partials(w: &WRow, p: usize, q: *const i8) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let low = _mm256_set1_epi8(0x0F);
+    let raw = _mm256_loadu_si256(w.codes.as_ptr().add(p * BLOCK) as *const __m256i);
+    let (lo, hi) = (_mm256_and_si256(raw, low), _mm256_and_si256(_mm256_srli_epi16(raw, 4), low));
+    let ints = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), lo, _mm256_loadu_si256(q as *const __m256i));
+    _mm256_dpbusd_avx_epi32(ints, hi, _mm256_loadu_si256(q.add(BLOCK) as *const __m256i))
+}
+
+/// The odd last block of weight row `w` against `x` (0 when the block count is even), as
+/// `(I - c) · (d · s)`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c,avxvnni")]
+#[inline]
+unsafe fn odd_block(w: &WRow, x: &XRow) -> f32 {
     use std::arch::x86_64::*;
     let nb = w.scales.len();
-    let pairs = nb / 2;
-    debug_assert!(w.codes.len() >= nb * BLOCK / 2);
-    debug_assert!(x.iter().all(|x| x.paired.q.len() >= nb * BLOCK && x.paired.scales.len() >= nb.div_ceil(2) * 8));
-    debug_assert!(x.iter().all(|x| x.paired.corrections.len() >= nb.div_ceil(2) * 8));
-    let low = _mm256_set1_epi8(0x0F);
-    let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-    let (codes, scales) = (w.codes.as_ptr(), w.scales.as_ptr());
-    // Row `r`'s `ints` (eight lanes over two blocks, or one) scaled by `d` and its own scales at
-    // `lane`, added to `acc`.
-    let scaled = |acc: __m256, ints: __m256i, d: __m256, x: &XRow, lane: usize| {
-        let ints =
-            _mm256_sub_epi32(ints, _mm256_loadu_si256(x.paired.corrections.as_ptr().add(lane) as *const __m256i));
-        let scale = _mm256_mul_ps(d, _mm256_loadu_ps(x.paired.scales.as_ptr().add(lane)));
-        _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), scale, acc)
-    };
-    // Blocks 2p and 2p + 1 of every row into `acc`.
-    let pair = |p: usize, acc: &mut [__m256; R]| {
-        let raw = _mm256_loadu_si256(codes.add(p * BLOCK) as *const __m256i);
-        let (lo, hi) = (_mm256_and_si256(raw, low), _mm256_and_si256(_mm256_srli_epi16(raw, 4), low));
-        // [d_2p; 4], [d_2p+1; 4] from one 4-byte load of two f16 (a stack buffer of widened
-        // scales was slower: its loads could not be forwarded from the stores that filled it).
-        let halves = _mm_cvtsi32_si128(std::ptr::read_unaligned(scales.add(2 * p) as *const i32));
-        let d = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(halves)), spread);
-        for (acc, x) in acc.iter_mut().zip(&x) {
-            let q = x.paired.q.as_ptr().add(p * 2 * BLOCK);
-            let ints = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), lo, _mm256_loadu_si256(q as *const __m256i));
-            let ints = _mm256_dpbusd_avx_epi32(ints, hi, _mm256_loadu_si256(q.add(BLOCK) as *const __m256i));
-            *acc = scaled(*acc, ints, d, x, p * 8);
-        }
-    };
-    // Two accumulators per row, alternating by pair (halving the FMA chain), whatever `R`: every
-    // row then sums in the same order, so a row's result does not depend on how many rows were
-    // computed with it (a prompt gives the same numbers in one chunk or token by token).
-    let mut acc = [[_mm256_setzero_ps(); R]; 2];
-    let mut p = 0;
-    // Two pairs (64 bytes of codes: one cache line) per iteration.
-    while p + 2 <= pairs {
-        if PREFETCH {
-            // The rows `PREFETCH_BYTES` of codes ahead, and their scales and offsets as many
-            // blocks ahead every 32 blocks (`wrapping_add`: past the matrix's end it is a hint).
-            let ahead = 2 * p + PREFETCH_BYTES / (BLOCK / 2);
-            _mm_prefetch::<_MM_HINT_T0>(codes.wrapping_add(ahead * BLOCK / 2) as *const i8);
-            if p % 16 == 0 {
-                _mm_prefetch::<_MM_HINT_T0>(scales.wrapping_add(ahead) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(w.offsets.as_ptr().wrapping_add(ahead) as *const i8);
-            }
-        }
-        pair(p, &mut acc[0]);
-        pair(p + 1, &mut acc[1]);
-        p += 2;
+    if nb.is_multiple_of(2) {
+        return 0.0;
     }
-    if p < pairs {
-        pair(p, &mut acc[0]);
-    }
-    if nb % 2 == 1 {
-        // An odd last block, natural order: 16 bytes of codes, all eight lanes its own.
-        let b = nb - 1;
-        let raw = _mm_loadu_si128(codes.add(b * BLOCK / 2) as *const __m128i);
-        let block = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
-        let d = _mm256_set1_ps(f16_to_f32(*w.scales.get_unchecked(b)));
-        for (acc, x) in acc[1].iter_mut().zip(&x) {
-            let q = _mm256_loadu_si256(x.paired.q.as_ptr().add(b * BLOCK) as *const __m256i);
-            let ints = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), block, q);
-            *acc = scaled(*acc, ints, d, x, pairs * 8);
-        }
-    }
-    let mut out = [0f32; R];
-    for (r, out) in out.iter_mut().enumerate() {
-        *out = hsum(_mm256_add_ps(acc[0][r], acc[1][r])) + offsets_dot_avx2(w.offsets, x[r].sums);
-    }
-    out
+    let (b, lanes) = (nb - 1, nb / 2 * 8);
+    let raw = _mm_loadu_si128(w.codes.as_ptr().add(b * BLOCK / 2) as *const __m128i);
+    let block = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F));
+    let q = _mm256_loadu_si256(x.paired.q.as_ptr().add(b * BLOCK) as *const __m256i);
+    let ints = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), block, q);
+    let h = _mm_add_epi32(_mm256_castsi256_si128(ints), _mm256_extracti128_si256(ints, 1));
+    let h = _mm_hadd_epi32(h, h);
+    let total = _mm_cvtsi128_si32(_mm_hadd_epi32(h, h));
+    let (c, s) = (*x.paired.corrections.get_unchecked(lanes), *x.paired.scales.get_unchecked(lanes));
+    (total - c) as f32 * (f16_to_f32(*w.scales.get_unchecked(b)) * s)
 }
 
-/// [`dot_vnni_rows`] for one activation row against `W` weight rows (decode): the activation's
-/// codes, corrections and scales are loaded once per pair for all `W` rows. Each row's sums run
-/// in exactly [`dot_vnni_rows`]'s order, so its result has the same bits.
+/// Row `i`'s result from the two accumulators: its lane for even blocks plus its lane for odd
+/// ones, then the odd last block and the offsets term.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-unsafe fn dot_vnni_wrows<const W: usize>(w: [WRow; W], x: &XRow) -> [f32; W] {
+#[inline]
+unsafe fn finish(acc: [std::arch::x86_64::__m256; 2], i: usize, w: &WRow, x: &XRow) -> f32 {
     use std::arch::x86_64::*;
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[0], acc[1]));
+    (lanes[i] + lanes[4 + i]) + odd_block(w, x) + offsets_dot_avx2(w.offsets, x.sums)
+}
+
+/// One activation row against `W` (1 or 2) weight rows: the activation's codes, corrections and
+/// scales are loaded once per pair for both rows, and after the horizontal adds weight row `i`'s
+/// block sums sit in lanes `i` (even block) and `4 + i` (odd block).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn dot_vnni_wrows<const W: usize, const PREFETCH: bool>(w: [WRow; W], x: &XRow) -> [f32; W] {
+    use std::arch::x86_64::*;
+    const { assert!(W == 1 || W == 2) };
     let nb = x.scales.len();
     let pairs = nb / 2;
     debug_assert!(w.iter().all(|w| w.scales.len() == nb && w.codes.len() >= nb * BLOCK / 2));
     debug_assert!(x.paired.q.len() >= nb * BLOCK && x.paired.scales.len() >= nb.div_ceil(2) * 8);
-    let low = _mm256_set1_epi8(0x0F);
-    let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
     let (xq, xs, xc) = (x.paired.q.as_ptr(), x.paired.scales.as_ptr(), x.paired.corrections.as_ptr());
-    // Blocks 2p and 2p + 1 of every weight row into `acc`.
-    let pair = |p: usize, acc: &mut [__m256; W]| {
-        let q0 = _mm256_loadu_si256(xq.add(p * 2 * BLOCK) as *const __m256i);
-        let q1 = _mm256_loadu_si256(xq.add(p * 2 * BLOCK + BLOCK) as *const __m256i);
-        let correction = _mm256_loadu_si256(xc.add(p * 8) as *const __m256i);
-        let x_scale = _mm256_loadu_ps(xs.add(p * 8));
-        for (acc, w) in acc.iter_mut().zip(&w) {
-            let raw = _mm256_loadu_si256(w.codes.as_ptr().add(p * BLOCK) as *const __m256i);
-            let (lo, hi) = (_mm256_and_si256(raw, low), _mm256_and_si256(_mm256_srli_epi16(raw, 4), low));
-            let halves = _mm_cvtsi32_si128(std::ptr::read_unaligned(w.scales.as_ptr().add(2 * p) as *const i32));
-            let d = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(halves)), spread);
-            let ints = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), lo, q0);
-            let ints = _mm256_sub_epi32(_mm256_dpbusd_avx_epi32(ints, hi, q1), correction);
-            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), _mm256_mul_ps(d, x_scale), *acc);
-        }
+    let pair = |p: usize, acc: &mut __m256| {
+        let q = xq.add(p * 2 * BLOCK);
+        let (sums, d) = if W == 1 {
+            let i = pair_partials(&w[0], p, q);
+            let h = _mm256_hadd_epi32(i, i);
+            (_mm256_hadd_epi32(h, h), pair_scales(&w[0], p))
+        } else {
+            let h = _mm256_hadd_epi32(pair_partials(&w[0], p, q), pair_partials(&w[1], p, q));
+            let d = _mm256_blend_ps::<0b1010_1010>(pair_scales(&w[0], p), pair_scales(&w[1], p));
+            (_mm256_hadd_epi32(h, h), d)
+        };
+        let ints = _mm256_sub_epi32(sums, _mm256_loadu_si256(xc.add(p * 8) as *const __m256i));
+        let scale = _mm256_mul_ps(d, _mm256_loadu_ps(xs.add(p * 8)));
+        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), scale, *acc);
     };
-    let mut acc = [[_mm256_setzero_ps(); W]; 2];
+    let mut acc = [_mm256_setzero_ps(); 2];
     let mut p = 0;
+    // Two pairs (64 bytes of codes per row: one cache line) per iteration.
     while p + 2 <= pairs {
-        // As `dot_vnni_rows::<_, true>`: each row's codes `PREFETCH_BYTES` ahead, its scales and
-        // offsets every 32 blocks.
-        let ahead = 2 * p + PREFETCH_BYTES / (BLOCK / 2);
-        for w in &w {
-            _mm_prefetch::<_MM_HINT_T0>(w.codes.as_ptr().wrapping_add(ahead * BLOCK / 2) as *const i8);
-            if p % 16 == 0 {
-                _mm_prefetch::<_MM_HINT_T0>(w.scales.as_ptr().wrapping_add(ahead) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(w.offsets.as_ptr().wrapping_add(ahead) as *const i8);
+        if PREFETCH {
+            // Each row's codes `PREFETCH_BYTES` ahead, and its scales and offsets as many blocks
+            // ahead every 32 blocks (`wrapping_add`: past the matrix's end it is a hint).
+            let ahead = 2 * p + PREFETCH_BYTES / (BLOCK / 2);
+            for w in &w {
+                _mm_prefetch::<_MM_HINT_T0>(w.codes.as_ptr().wrapping_add(ahead * BLOCK / 2) as *const i8);
+                if p % 16 == 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(w.scales.as_ptr().wrapping_add(ahead) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(w.offsets.as_ptr().wrapping_add(ahead) as *const i8);
+                }
             }
         }
         pair(p, &mut acc[0]);
@@ -393,23 +397,66 @@ unsafe fn dot_vnni_wrows<const W: usize>(w: [WRow; W], x: &XRow) -> [f32; W] {
     if p < pairs {
         pair(p, &mut acc[0]);
     }
-    let mut out = [0f32; W];
-    for (i, out) in out.iter_mut().enumerate() {
-        if nb % 2 == 1 {
-            // The odd last block, as in `dot_vnni_rows`.
-            let b = nb - 1;
-            let raw = _mm_loadu_si128(w[i].codes.as_ptr().add(b * BLOCK / 2) as *const __m128i);
-            let block = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low);
-            let d = _mm256_set1_ps(f16_to_f32(*w[i].scales.get_unchecked(b)));
-            let q = _mm256_loadu_si256(xq.add(b * BLOCK) as *const __m256i);
-            let ints = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), block, q);
-            let ints = _mm256_sub_epi32(ints, _mm256_loadu_si256(xc.add(pairs * 8) as *const __m256i));
-            let scale = _mm256_mul_ps(d, _mm256_loadu_ps(xs.add(pairs * 8)));
-            acc[1][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), scale, acc[1][i]);
+    std::array::from_fn(|i| finish(acc, i, &w[i], x))
+}
+
+/// Four activation rows' block parameters interleaved for [`dot_vnni_quad`]: per pair, lanes 0..4
+/// hold rows 0..4's values for the even block, lanes 4..8 for the odd one. Made once per product
+/// and used for every weight row.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct Quad<'a> {
+    x: [XRow<'a>; 4],
+    scales: Vec<f32>,
+    corrections: Vec<i32>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<'a> Quad<'a> {
+    fn new(x: [XRow<'a>; 4]) -> Self {
+        let lanes = x[0].scales.len() / 2 * 8;
+        let (mut scales, mut corrections) = (Vec::with_capacity(lanes), Vec::with_capacity(lanes));
+        for pair in (0..lanes).step_by(8) {
+            for lane in [pair, pair + 4] {
+                scales.extend(x.iter().map(|x| x.paired.scales[lane]));
+                corrections.extend(x.iter().map(|x| x.paired.corrections[lane]));
+            }
         }
-        *out = hsum(_mm256_add_ps(acc[0][i], acc[1][i])) + offsets_dot_avx2(w[i].offsets, x.sums);
+        Quad { x, scales, corrections }
     }
-    out
+}
+
+/// Four activation rows against one weight row (prefill): after the horizontal adds, row `r`'s
+/// block sums sit in lanes `r` and `4 + r`, the same values and operations as in
+/// [`dot_vnni_wrows`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn dot_vnni_quad(w: &WRow, quad: &Quad) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let nb = w.scales.len();
+    let pairs = nb / 2;
+    debug_assert!(quad.x.iter().all(|x| x.scales.len() == nb && x.paired.q.len() >= nb * BLOCK));
+    debug_assert!(quad.scales.len() >= pairs * 8 && quad.corrections.len() >= pairs * 8);
+    let x = &quad.x;
+    let pair = |p: usize, acc: &mut __m256| {
+        let partials = |r: usize| pair_partials(w, p, x[r].paired.q.as_ptr().add(p * 2 * BLOCK));
+        let low = _mm256_hadd_epi32(partials(0), partials(1));
+        let high = _mm256_hadd_epi32(partials(2), partials(3));
+        let sums = _mm256_hadd_epi32(low, high);
+        let ints = _mm256_sub_epi32(sums, _mm256_loadu_si256(quad.corrections.as_ptr().add(p * 8) as *const __m256i));
+        let scale = _mm256_mul_ps(pair_scales(w, p), _mm256_loadu_ps(quad.scales.as_ptr().add(p * 8)));
+        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), scale, *acc);
+    };
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut p = 0;
+    while p + 2 <= pairs {
+        pair(p, &mut acc[0]);
+        pair(p + 1, &mut acc[1]);
+        p += 2;
+    }
+    if p < pairs {
+        pair(p, &mut acc[0]);
+    }
+    std::array::from_fn(|r| finish(acc, r, w, &x[r]))
 }
 
 /// [`offsets_dot`] with AVX2 and F16C.
@@ -598,33 +645,36 @@ mod tests {
     #[test]
     fn every_kernel_agrees_with_the_scalar_one() {
         let mut seed = 11;
-        let (w, _) = matrix(4, 576, false, &mut seed);
-        let x: Vec<f32> = (0..576).map(|_| (lcg(&mut seed) % 2001) as f32 / 500.0 - 2.0).collect();
-        let qx = QuantizedRows::quantize(&x, 576);
-        let nb = 576 / BLOCK;
-        let x = qx.row(0);
-        let offsets: Vec<f16> = (0..nb).map(|b| f16::from_f32(b as f32 * 0.01 - 0.05)).collect();
-        for j in 0..8 {
-            let offsets = if j % 2 == 0 { &offsets[..] } else { &[][..] };
-            let w = WRow {
-                codes: &w.codes.bytes()[(j % 4) * nb * 16..][..nb * 16],
-                scales: w.blocks.row(j % 4).0,
-                offsets,
-            };
-            let slow = dot_scalar(&w, &x);
-            let magnitude = 1.0 + slow.abs();
-            assert!((dot(&w, &x) - slow).abs() <= 1e-5 * magnitude, "{} vs {slow}", dot(&w, &x));
-            for fast in dot4(&w, [x; 4]) {
-                assert!((fast - slow).abs() <= 1e-5 * magnitude, "{fast} vs {slow}");
-            }
-            #[cfg(target_arch = "x86_64")]
-            if Isa::detect() != Isa::Scalar {
-                // SAFETY: checked above.
-                let avx2 = unsafe { dot_avx2(&w, &x) };
-                assert!((avx2 - slow).abs() <= 1e-5 * magnitude, "{avx2} vs {slow}");
-                // SAFETY: as above.
-                for fast in unsafe { dot4_avx2::<4>(&w, [x; 4]) } {
+        // An even block count (the default model's) and an odd one (the kernels' last-block path).
+        for k in [576, 96] {
+            let (w, _) = matrix(4, k, false, &mut seed);
+            let x: Vec<f32> = (0..k).map(|_| (lcg(&mut seed) % 2001) as f32 / 500.0 - 2.0).collect();
+            let qx = QuantizedRows::quantize(&x, k);
+            let nb = k / BLOCK;
+            let x = qx.row(0);
+            let offsets: Vec<f16> = (0..nb).map(|b| f16::from_f32(b as f32 * 0.01 - 0.05)).collect();
+            for j in 0..8 {
+                let offsets = if j % 2 == 0 { &offsets[..] } else { &[][..] };
+                let w = WRow {
+                    codes: &w.codes.bytes()[(j % 4) * nb * 16..][..nb * 16],
+                    scales: w.blocks.row(j % 4).0,
+                    offsets,
+                };
+                let slow = dot_scalar(&w, &x);
+                let magnitude = 1.0 + slow.abs();
+                assert!((dot(&w, &x) - slow).abs() <= 1e-5 * magnitude, "{} vs {slow}", dot(&w, &x));
+                for fast in dot4(&w, [x; 4]) {
                     assert!((fast - slow).abs() <= 1e-5 * magnitude, "{fast} vs {slow}");
+                }
+                #[cfg(target_arch = "x86_64")]
+                if Isa::detect() != Isa::Scalar {
+                    // SAFETY: checked above.
+                    let avx2 = unsafe { dot_avx2(&w, &x) };
+                    assert!((avx2 - slow).abs() <= 1e-5 * magnitude, "{avx2} vs {slow}");
+                    // SAFETY: as above.
+                    for fast in unsafe { dot4_avx2::<4>(&w, [x; 4]) } {
+                        assert!((fast - slow).abs() <= 1e-5 * magnitude, "{fast} vs {slow}");
+                    }
                 }
             }
         }

@@ -218,9 +218,9 @@ pub struct QuantizedRows {
 /// The activations laid out for a 4-bit kernel that loads two blocks' 32 bytes of codes at once
 /// and takes the low nibbles of both blocks, then the high ones (x86 VNNI). Per pair of blocks
 /// `(b, b + 1)`: `q` holds `q_b[..16], q_b+1[..16], q_b[16..], q_b+1[16..]` (64 bytes), `scales` the
-/// eight lanes `[s_b; 4], [s_b+1; 4]`, and `corrections` `[2 Σ q_b; 4], [2 Σ q_b+1; 4]`: the
-/// per-lane share of the `8 · Σ q` that unsigned codes add. An odd last block keeps its natural
-/// order, with `[s; 8]` and `[Σ q; 8]`.
+/// eight lanes `[s_b; 4], [s_b+1; 4]`, and `corrections` `[8 Σ q_b; 4], [8 Σ q_b+1; 4]`: what
+/// unsigned codes add to each block's sum. An odd last block keeps its natural order, with
+/// `[s; 8]` and `[8 Σ q; 8]`.
 #[derive(Debug, Default, Clone)]
 struct Paired {
     q: Vec<i8>,
@@ -315,14 +315,14 @@ impl QuantizedRows {
                 }
                 for (q, s) in [(a, s[0]), (b, s[1])] {
                     paired.scales.extend([s; 4]);
-                    paired.corrections.extend([2 * sum(q); 4]);
+                    paired.corrections.extend([8 * sum(q); 4]);
                 }
             }
             if nb % 2 == 1 {
                 let last = &q[k - BLOCK..];
                 paired.q.extend_from_slice(last);
                 paired.scales.extend([s[nb - 1]; 8]);
-                paired.corrections.extend([sum(last); 8]);
+                paired.corrections.extend([8 * sum(last); 8]);
             }
         }
     }
