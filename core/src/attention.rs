@@ -223,28 +223,25 @@ impl DecodePass<'_> {
             probs.resize(rows * total, 0.0);
             #[cfg(target_arch = "x86_64")]
             if self.simd {
-                self.simd_head(q, keys, values, rows, total, probs, out);
+                self.simd_head(q, keys, values, probs, out);
                 return;
             }
-            self.portable_head(q, keys, values, rows, total, probs, out);
+            self.portable_head(q, keys, values, probs, out);
         })
+    }
+
+    /// Query rows and cached positions of one head's call: `q` is `[rows][dim]`, `probs`
+    /// `[rows][total]`.
+    fn shape(&self, q: &[f32], probs: &[f32]) -> (usize, usize) {
+        let rows = q.len() / self.dim;
+        (rows, probs.len() / rows.max(1))
     }
 
     /// [`Self::head`] with [`crate::attention_x86`]'s kernels.
     #[cfg(target_arch = "x86_64")]
-    #[allow(clippy::too_many_arguments)]
-    fn simd_head(
-        &self,
-        q: &[f32],
-        keys: Head,
-        values: Head,
-        rows: usize,
-        total: usize,
-        probs: &mut [f32],
-        out: &mut [f32],
-    ) {
+    fn simd_head(&self, q: &[f32], keys: Head, values: Head, probs: &mut [f32], out: &mut [f32]) {
         use crate::attention_x86::{mix, scores};
-        let dim = self.dim;
+        let (dim, (rows, total)) = (self.dim, self.shape(q, probs));
         // SAFETY (all four): `simd_usable` checked the CPU features and `dim`; the slices hold
         // `rows × dim`, `total × dim` and `rows × total` values.
         match keys {
@@ -259,18 +256,8 @@ impl DecodePass<'_> {
     }
 
     /// [`Self::head`] in portable code, one position at a time (f16 widened through a small buffer).
-    #[allow(clippy::too_many_arguments)]
-    fn portable_head(
-        &self,
-        q: &[f32],
-        keys: Head,
-        values: Head,
-        rows: usize,
-        total: usize,
-        probs: &mut [f32],
-        out: &mut [f32],
-    ) {
-        let (dim, visible) = (self.dim, self.visible);
+    fn portable_head(&self, q: &[f32], keys: Head, values: Head, probs: &mut [f32], out: &mut [f32]) {
+        let (dim, visible, (rows, total)) = (self.dim, self.visible, self.shape(q, probs));
         let mut position = vec![0f32; dim];
         for j in 0..total {
             let key = read(keys, j, &mut position);

@@ -65,8 +65,8 @@ impl Model {
                 log::info!("verified {} files in {:.0} ms", config.files.len(), started.elapsed().as_secs_f64() * 1e3);
                 let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"), config.hparams.vocab_size);
                 // Parsing tokenizer.json leaves ~10 MiB freed (the tokenizer itself holds ~4):
-                // returned now, before the weights and the graph peak together (peak RSS of the
-                // default model's load: 148 -> 141 MiB).
+                // returned now, before the weights and the graph peak together (with the weights
+                // thread's return, `graph.rs`: the default model's load peak ~150 -> 143–146 MiB).
                 memory::release_freed_heap();
                 tokenizer
             });

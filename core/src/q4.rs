@@ -192,13 +192,9 @@ fn dot_kernel(decode: bool) -> DotKernel {
     }
 }
 
-/// [`dot`] for four activation rows at once (the weight row is unpacked once).
+/// [`dot`] for four activation rows at once (the weight row is unpacked once), for CPUs without
+/// AVX-VNNI (`matmul_rows` runs [`dot_vnni_quad`] on those with it).
 fn dot4(w: &WRow, x: [XRow; 4]) -> [f32; 4] {
-    #[cfg(target_arch = "x86_64")]
-    if Isa::detect() == Isa::AvxVnni {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { dot_vnni_quad(w, &Quad::new(x)) };
-    }
     #[cfg(target_arch = "x86_64")]
     if Isa::detect() == Isa::Avx2 {
         // SAFETY: the CPU supports the features the function is compiled for.
@@ -665,6 +661,13 @@ mod tests {
                 assert!((dot(&w, &x) - slow).abs() <= 1e-5 * magnitude, "{} vs {slow}", dot(&w, &x));
                 for fast in dot4(&w, [x; 4]) {
                     assert!((fast - slow).abs() <= 1e-5 * magnitude, "{fast} vs {slow}");
+                }
+                #[cfg(target_arch = "x86_64")]
+                if Isa::detect() == Isa::AvxVnni {
+                    // SAFETY: checked above.
+                    for fast in unsafe { dot_vnni_quad(&w, &Quad::new([x; 4])) } {
+                        assert!((fast - slow).abs() <= 1e-5 * magnitude, "{fast} vs {slow}");
+                    }
                 }
                 #[cfg(target_arch = "x86_64")]
                 if Isa::detect() != Isa::Scalar {
