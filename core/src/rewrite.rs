@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::{bail, ensure, TractErrorContext};
-use tract_onnx::tract_core::ops::array::{Gather, Slice};
+use tract_onnx::tract_core::ops::array::{Gather, Slice, TypedConcat};
 use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_core::ops::konst::Const;
@@ -102,7 +102,8 @@ pub fn fuse_attention(model: &mut TypedModel, config: &ModelConfig) -> TractResu
 
 /// Makes the LM head run on the last position only: a slice on its hidden-state input. Generation
 /// needs just the next-token logits, and computing the others costs a fifth of prefill and a
-/// `[sequence, vocab]` buffer (50 MB for a 256-token chunk).
+/// `[sequence, vocab]` buffer (50 MB for a 256-token chunk). A split head (the logits a `Concat`
+/// of heads reading the same hidden state) has every part sliced.
 pub fn last_position_logits(model: &mut TypedModel, logits: &str) -> TractResult<()> {
     let index = model
         .outputs
@@ -110,18 +111,34 @@ pub fn last_position_logits(model: &mut TypedModel, logits: &str) -> TractResult
         .position(|o| model.outlet_label(*o) == Some(logits) || model.node(o.node).name == logits)
         .with_context(|| format!("no output {logits}"))?;
     let output = model.outputs[index];
-    let head = model.node(output.node);
-    let hidden = head.inputs[0];
+    let out_node = model.node(output.node);
+    let concat = out_node.op_as::<TypedConcat>().is_some();
+    let heads: Vec<usize> = if concat { out_node.inputs.iter().map(|o| o.node).collect() } else { vec![out_node.id] };
+    let hidden = model.node(heads[0]).inputs[0];
+    ensure!(
+        heads.iter().all(|&h| model.node(h).inputs.first() == Some(&hidden)),
+        "the parts of the LM head do not read the same hidden state"
+    );
     let fact = model.outlet_fact(hidden)?;
     ensure!(fact.rank() == 3, "LM head input has shape {:?}, expected [batch, sequence, hidden]", fact.shape);
     let seq = fact.shape[1].clone();
     let mut patch = TypedModelPatch::new("last-position logits");
-    let mut inputs = tvec![patch.tap_model(model, hidden)?];
-    inputs[0] = patch.wire_node(format!("{}.last", head.name), Slice::new(1, seq.clone() - 1, seq), &inputs)?[0];
-    for input in &head.inputs[1..] {
-        inputs.push(patch.tap_model(model, *input)?);
+    let tapped = patch.tap_model(model, hidden)?;
+    let last = patch.wire_node(format!("{}.last", out_node.name), Slice::new(1, seq.clone() - 1, seq), &[tapped])?[0];
+    let mut parts = tvec![];
+    for &h in &heads {
+        let head = model.node(h);
+        let mut inputs = tvec![last];
+        for input in &head.inputs[1..] {
+            inputs.push(patch.tap_model(model, *input)?);
+        }
+        parts.push(patch.wire_node(format!("{}.sliced", head.name), head.op.clone(), &inputs)?[0]);
     }
-    let sliced = patch.wire_node(format!("{}.sliced", head.name), head.op.clone(), &inputs)?[0];
+    let sliced = if concat {
+        patch.wire_node(format!("{}.sliced", out_node.name), out_node.op.clone(), &parts)?[0]
+    } else {
+        parts[0]
+    };
     patch.shunt_outside(model, output, sliced)?;
     patch.apply(model)?;
     // The patch rewired the model output in place; keep its name.
@@ -237,7 +254,8 @@ fn gathered_scales(model: &TypedModel, lookup: usize, n: usize, k: usize) -> Opt
 
 /// The last node of the lookup chain from `gather`: each link has one consumer and is a `Cast`, an
 /// axis change, a `Sub` of the constant 128 or a `Mul` (by the scales); the chain ends where
-/// several nodes read the result (the first layer). `None` if the chain is anything else.
+/// several nodes read the result (the first layer) or one node of another kind does (a split
+/// table's `Where`). `None` if the chain is longer or has fewer than three links.
 fn lookup_end(model: &TypedModel, gather: usize) -> Option<usize> {
     let mut end = gather;
     let mut links = 0;
@@ -253,7 +271,10 @@ fn lookup_end(model: &TypedModel, gather: usize) -> Option<usize> {
                 (op.0.is::<Sub>() && next.inputs.iter().any(|&i| const_of(model, i).is_some_and(|c| is_128(&c))))
                     || op.0.is::<Mul>()
             });
-        if !ok || links > 8 {
+        if !ok {
+            return (links >= 3).then_some(end);
+        }
+        if links > 8 {
             return None;
         }
         end = next.id;

@@ -1,10 +1,12 @@
-//! Token lookup tables that are the LM head's weight. The converter writes a tied 8-bit embedding
-//! twice in the graph, as the `Gather` table and as the head's `MatMulNBits` weight, and once in
-//! the data file (both name the same range). Such a `Gather` is not loaded (28 MB on the default
-//! model, which tract would read and copy twice): [`detach_tables`] takes the table out of the
-//! graph before parsing, the importer wires a `PendingTable` for the head's slot, and [`pack`]
-//! makes it a [`GatherCodes`] lookup in the head's packed codes (which `share_embedding_table`
-//! then fuses with the dequantization that follows into `EmbedQ8`).
+//! Token lookup tables that are the LM head's weight. The converter writes a tied embedding twice
+//! in the graph — as its lookup's table and as the head's `MatMulNBits` weight — and once in the
+//! data file (both name the same range): an 8-bit table as a `Gather`'s uint8 table, the 4-bit
+//! rows of a split head (models/pipeline/head.py) as a com.microsoft `GatherBlockQuantized`'s
+//! table and f16 scales. Such a lookup's table is not loaded (28 MB for the default model's 8-bit
+//! head, which tract would read and copy twice): [`detach_tables`] takes it out of the graph
+//! before parsing, the importer wires a `PendingTable` for the head's slot, and [`pack`] makes it
+//! a lookup in the head's packed codes: [`GatherCodes`] (which `share_embedding_table` then fuses
+//! with the dequantization that follows into `EmbedQ8`) or [`EmbedQ4`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,73 +14,175 @@ use std::sync::Arc;
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::attribute_proto::AttributeType;
 use tract_onnx::pb::tensor_proto::DataType;
-use tract_onnx::pb::{AttributeProto, ModelProto, NodeProto};
+use tract_onnx::pb::{AttributeProto, GraphProto, ModelProto, NodeProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
 use tract_onnx::Onnx;
 
-use crate::embed::GatherCodes;
+use crate::embed::{EmbedQ4, GatherCodes};
+use crate::qblock::BLOCK;
 use crate::qlinear::QWeight;
 use crate::weights::{count_readers, Detached};
 
 /// The node attribute [`detach_tables`] leaves: `[slot, rows, columns]` of the head's weight.
 const TABLE_ATTR: &str = "pocketlm.table_of";
 
-/// Makes `onnx` import the `Gather` nodes [`detach_tables`] marked (others go to tract).
+/// Makes `onnx` import the lookups [`detach_tables`] marked (others go to tract).
 pub fn register(onnx: &mut Onnx) {
-    onnx.op_register.insert("Gather", gather);
+    onnx.op_register.insert("Gather", |ctx, node| lookup(ctx, node, "Gather", 8));
+    onnx.op_register.insert("GatherBlockQuantized", |ctx, node| lookup(ctx, node, "GatherBlockQuantized", 4));
 }
 
-/// Takes each uint8 `Gather` table whose bytes are a detached 8-bit weight's
-/// ([`Detached::table_slot`]) out of the graph, leaving its node the slot. Returns how many.
+/// A lookup [`detach_tables`] can serve from a head's weight.
+struct Plan {
+    node: usize,
+    slot: usize,
+    n: usize,
+    k: usize,
+    /// Initializers and nodes (the scales' `Cast`) that only fed the table.
+    initializers: Vec<String>,
+    cast: Option<usize>,
+}
+
+/// Takes each lookup table whose bytes are a detached weight's ([`Detached::table_slot`]) out of
+/// the graph, leaving its node the slot: a uint8 `Gather` table of an 8-bit weight, or the table
+/// and (f16, `Cast`) scales of a 4-bit `GatherBlockQuantized` (block 32, zero point 8) that are a
+/// 4-bit weight's. Returns how many.
 pub fn detach_tables(proto: &mut ModelProto, detached: &Detached) -> TractResult<usize> {
     let Some(graph) = proto.graph.as_mut() else { return Ok(0) };
     let mut readers: HashMap<String, usize> = HashMap::new();
     count_readers(graph, &mut readers);
-    let mut tables = 0;
-    for node in graph.node.iter_mut() {
-        let axis: i64 = node.get_attr_opt("axis")?.unwrap_or(0);
-        if node.op_type != "Gather" || axis != 0 || node.input.len() != 2 {
-            continue;
+    let mut plans = vec![];
+    for (at, node) in graph.node.iter().enumerate() {
+        let plan = match node.op_type.as_str() {
+            "Gather" => gather_plan(graph, node, &readers, detached)?,
+            "GatherBlockQuantized" => gbq_plan(graph, node, &readers, detached)?,
+            _ => None,
+        };
+        plans.extend(plan.map(|p| Plan { node: at, ..p }));
+    }
+    let mut casts = vec![];
+    for plan in &plans {
+        let node = &mut graph.node[plan.node];
+        // Input 1 is the ids for both ops; the others were the table's.
+        for (i, input) in node.input.iter_mut().enumerate() {
+            if i != 1 {
+                input.clear();
+            }
         }
-        let name = &node.input[0];
-        let Some(at) = graph.initializer.iter().position(|t| &t.name == name) else { continue };
-        let table = &graph.initializer[at];
-        if table.data_type != DataType::Uint8 as i32 || readers.get(name) != Some(&1) {
-            continue;
-        }
-        let Some(slot) = detached.table_slot(table) else { continue };
-        let dims = table.dims.clone();
-        graph.initializer.swap_remove(at);
-        node.input[0].clear();
         node.attribute.push(AttributeProto {
             name: TABLE_ATTR.into(),
             r#type: AttributeType::Ints as i32,
-            ints: vec![slot as i64, dims[0], dims[1]],
+            ints: vec![plan.slot as i64, plan.n as i64, plan.k as i64],
             ..Default::default()
         });
-        tables += 1;
+        graph.initializer.retain(|t| !plan.initializers.contains(&t.name));
+        casts.extend(plan.cast);
     }
-    Ok(tables)
+    casts.sort_unstable();
+    for at in casts.into_iter().rev() {
+        graph.node.remove(at);
+    }
+    Ok(plans.len())
 }
 
-fn gather(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+/// The uint8 initializer `name` when `node` is its only reader.
+fn own_table<'g>(
+    graph: &'g GraphProto,
+    name: &str,
+    readers: &HashMap<String, usize>,
+) -> Option<&'g tract_onnx::pb::TensorProto> {
+    let table = graph.initializer.iter().find(|t| t.name == name)?;
+    (table.data_type == DataType::Uint8 as i32 && readers.get(name) == Some(&1)).then_some(table)
+}
+
+fn gather_plan(
+    graph: &GraphProto,
+    node: &NodeProto,
+    readers: &HashMap<String, usize>,
+    detached: &Detached,
+) -> TractResult<Option<Plan>> {
+    let axis: i64 = node.get_attr_opt("axis")?.unwrap_or(0);
+    if axis != 0 || node.input.len() != 2 {
+        return Ok(None);
+    }
+    let Some(table) = own_table(graph, &node.input[0], readers) else { return Ok(None) };
+    let Some(slot) = detached.table_slot(table, 8) else { return Ok(None) };
+    let (n, k) = (table.dims[0] as usize, table.dims[1] as usize);
+    Ok(Some(Plan { node: 0, slot, n, k, initializers: vec![table.name.clone()], cast: None }))
+}
+
+fn gbq_plan(
+    graph: &GraphProto,
+    node: &NodeProto,
+    readers: &HashMap<String, usize>,
+    detached: &Detached,
+) -> TractResult<Option<Plan>> {
+    let attr = |name: &str, default: i64| -> TractResult<i64> { Ok(node.get_attr_opt(name)?.unwrap_or(default)) };
+    let layout = (attr("bits", 4)?, attr("block_size", 128)?, attr("gather_axis", 0)?, attr("quantize_axis", 1)?);
+    if !matches!(layout, (4, b, 0, 1 | -1) if b == BLOCK as i64) || node.input.len() != 3 {
+        return Ok(None);
+    }
+    let Some(table) = own_table(graph, &node.input[0], readers) else { return Ok(None) };
+    let Some(slot) = detached.table_slot(table, 4) else { return Ok(None) };
+    // The scales: `Cast(f16 initializer)` read by this node alone, the slot's own bytes.
+    let Some(cast) = graph.node.iter().position(|c| c.op_type == "Cast" && c.output.first() == Some(&node.input[2]))
+    else {
+        return Ok(None);
+    };
+    let source = &graph.node[cast].input[0];
+    let Some(scales) = graph.initializer.iter().find(|t| &t.name == source) else { return Ok(None) };
+    let to: i64 = graph.node[cast].get_attr("to")?;
+    let only_reader = readers.get(source) == Some(&1) && readers.get(&node.input[2]) == Some(&1);
+    if to != DataType::Float as i64 || !only_reader || !detached.has_scales_of(slot, scales) {
+        return Ok(None);
+    }
+    let (n, k) = (table.dims[0] as usize, 2 * table.dims[1] as usize);
+    Ok(Some(Plan {
+        node: 0,
+        slot,
+        n,
+        k,
+        initializers: vec![table.name.clone(), scales.name.clone()],
+        cast: Some(cast),
+    }))
+}
+
+/// Imports `op` (`Gather` or `GatherBlockQuantized`) as a lookup in a `bits`-bit head weight
+/// when [`detach_tables`] marked it, or as tract does.
+fn lookup(
+    ctx: &ParsingContext,
+    node: &NodeProto,
+    op: &str,
+    bits: usize,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let Some(table) = node.get_attr_opt_tvec::<usize>(TABLE_ATTR)? else {
         let tract = tract_onnx::onnx();
-        let builder = tract.op_register.0.get("Gather").context("tract imports Gather")?;
+        let builder = tract.op_register.0.get(op).with_context(|| format!("tract imports {op}"))?;
         return builder(ctx, node);
     };
     ensure!(table.len() == 3, "{TABLE_ATTR} must be [slot, rows, columns]");
-    Ok((expand(TableLookup { slot: table[0], n: table[1], k: table[2] }), vec![]))
+    Ok((expand(TableLookup { slot: table[0], n: table[1], k: table[2], bits }), vec![]))
 }
 
-/// A lookup of token ids in the `[n, k]` 8-bit weight of slot `slot`: the uint8 rows a `Gather`
-/// of the table would give.
+/// A lookup of token ids in the `[n, k]` `bits`-bit weight of slot `slot`: the uint8 rows a
+/// `Gather` of an 8-bit table would give, or the f32 rows of a 4-bit `GatherBlockQuantized`.
 #[derive(Debug, Clone)]
 struct TableLookup {
     slot: usize,
     n: usize,
     k: usize,
+    bits: usize,
+}
+
+impl TableLookup {
+    fn datum_type(&self) -> DatumType {
+        if self.bits == 8 {
+            u8::datum_type()
+        } else {
+            f32::datum_type()
+        }
+    }
 }
 
 impl Expansion for TableLookup {
@@ -94,7 +198,7 @@ impl Expansion for TableLookup {
     ) -> InferenceResult {
         check_input_arity(inputs, 1)?;
         check_output_arity(outputs, 1)?;
-        s.equals(&outputs[0].datum_type, u8::datum_type())?;
+        s.equals(&outputs[0].datum_type, self.datum_type())?;
         s.equals(&outputs[0].rank, inputs[0].rank.bex() + 1)?;
         let k = self.k.to_dim();
         s.given(&inputs[0].rank, move |s, rank| {
@@ -107,7 +211,7 @@ impl Expansion for TableLookup {
     }
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
-        let pending = PendingTable { slot: self.slot, n: self.n, k: self.k };
+        let pending = PendingTable { slot: self.slot, n: self.n, k: self.k, bits: self.bits };
         model.wire_node(prefix, pending, inputs)
     }
 }
@@ -118,6 +222,7 @@ struct PendingTable {
     slot: usize,
     n: usize,
     k: usize,
+    bits: usize,
 }
 
 impl Op for PendingTable {
@@ -140,14 +245,15 @@ impl TypedOp for PendingTable {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let mut shape = inputs[0].shape.to_tvec();
         shape.push(self.k.to_dim());
-        Ok(tvec!(u8::fact(shape)))
+        let dt = if self.bits == 8 { u8::datum_type() } else { f32::datum_type() };
+        Ok(tvec!(dt.fact(shape)))
     }
 
     as_op!();
 }
 
-/// Makes every imported table lookup a [`GatherCodes`] in its slot's packed weight (`packed`,
-/// from `nbits::pack`). Returns how many.
+/// Makes every imported table lookup a [`GatherCodes`] (8-bit) or [`EmbedQ4`] (4-bit) in its
+/// slot's packed weight (`packed`, from `nbits::pack`). Returns how many.
 pub fn pack(model: &mut TypedModel, packed: &[Option<Arc<QWeight>>]) -> TractResult<usize> {
     let ids: Vec<usize> = model.nodes().iter().filter(|n| n.op_is::<PendingTable>()).map(|n| n.id).collect();
     for &id in &ids {
@@ -155,16 +261,18 @@ pub fn pack(model: &mut TypedModel, packed: &[Option<Arc<QWeight>>]) -> TractRes
         let table = packed.get(pending.slot).cloned().flatten();
         let table = table.with_context(|| format!("token table: no packed weight in slot {}", pending.slot))?;
         ensure!(
-            (table.n(), table.k(), table.bits()) == (pending.n, pending.k, 8),
-            "token table {}×{}: slot {} holds a {}×{} {}-bit weight",
+            (table.n(), table.k(), table.bits()) == (pending.n, pending.k, pending.bits),
+            "token table {}×{} at {} bits: slot {} holds a {}×{} {}-bit weight",
             pending.n,
             pending.k,
+            pending.bits,
             pending.slot,
             table.n(),
             table.k(),
             table.bits()
         );
-        model.node_mut(id).op = Box::new(GatherCodes { table });
+        model.node_mut(id).op =
+            if pending.bits == 8 { Box::new(GatherCodes { table }) } else { Box::new(EmbedQ4 { table }) };
     }
     Ok(ids.len())
 }
@@ -173,7 +281,6 @@ pub fn pack(model: &mut TypedModel, packed: &[Option<Arc<QWeight>>]) -> TractRes
 mod tests {
     use super::*;
     use crate::proto_test::{external, nbits_node, node};
-    use tract_onnx::pb::GraphProto;
 
     /// `name`, `length` bytes at `offset` of `w.data`.
     fn data(name: &str, dt: DataType, dims: &[i64], offset: usize, length: usize) -> tract_onnx::pb::TensorProto {
@@ -209,5 +316,50 @@ mod tests {
         assert_eq!(graph.node[0].get_attr_tvec::<i64>(TABLE_ATTR).unwrap().to_vec(), [0, 8, 64]);
         assert!(graph.node[1].get_attr_opt_tvec::<i64>(TABLE_ATTR).unwrap().is_none(), "other bytes stay");
         assert!(graph.node[2].get_attr_opt_tvec::<i64>(TABLE_ATTR).unwrap().is_none(), "not uint8");
+    }
+
+    #[test]
+    fn a_4_bit_lookup_in_the_heads_own_codes_and_scales_is_detached_with_its_cast() {
+        let gbq = |inputs: &[&str], out: &str| {
+            node(
+                "GatherBlockQuantized",
+                inputs,
+                out,
+                &[("bits", 4), ("block_size", 32), ("gather_axis", 0), ("quantize_axis", 1)],
+            )
+        };
+        let cast = |from: &str, out: &str| node("Cast", &[from], out, &[("to", DataType::Float as i64)]);
+        let graph = GraphProto {
+            node: vec![
+                cast("table.s", "table.sf"),
+                gbq(&["table", "ids", "table.sf"], "lookup"),
+                cast("other.s", "other.sf"),
+                gbq(&["other", "ids", "other.sf"], "other_lookup"),
+                cast("head.s", "head.sf"),
+                nbits_node(&["x", "head.w", "head.sf"], "head", 4),
+            ],
+            initializer: vec![
+                data("table", DataType::Uint8, &[8, 32], 0, 256),
+                data("table.s", DataType::Float16, &[8, 2], 256, 32),
+                data("other", DataType::Uint8, &[8, 32], 0, 256),
+                // The head's codes, other scales: not the head's table.
+                data("other.s", DataType::Float16, &[8, 2], 288, 32),
+                data("head.w", DataType::Uint8, &[8, 2, 16], 0, 256),
+                data("head.s", DataType::Float16, &[16], 256, 32),
+            ],
+            ..Default::default()
+        };
+        let mut proto = ModelProto { graph: Some(graph), ..Default::default() };
+        let detached = crate::weights::detach_weights(&mut proto).unwrap();
+        assert_eq!(detach_tables(&mut proto, &detached).unwrap(), 1);
+        let graph = proto.graph.unwrap();
+        let mut left: Vec<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["other", "other.s"], "the table, its scales and the head's weights are detached");
+        let ops: Vec<&str> = graph.node.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(ops, ["lookup", "other.sf", "other_lookup", "head"], "the table's and the head's casts are gone");
+        assert_eq!(graph.node[0].input, ["", "ids", ""]);
+        assert_eq!(graph.node[0].get_attr_tvec::<i64>(TABLE_ATTR).unwrap().to_vec(), [0, 8, 64]);
+        assert!(graph.node[2].get_attr_opt_tvec::<i64>(TABLE_ATTR).unwrap().is_none(), "other scales stay");
     }
 }

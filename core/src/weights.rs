@@ -71,15 +71,27 @@ impl Detached {
 }
 
 impl Detached {
-    /// The 8-bit slot whose weight bytes are exactly `table`'s: a `[n, k]` uint8 initializer in
-    /// the same range of the same external data file (as the converter writes a tied embedding).
-    pub fn table_slot(&self, table: &TensorProto) -> Option<usize> {
+    /// The `bits`-bit slot whose weight bytes are exactly `table`'s: a uint8 initializer holding
+    /// the `[n, k]` weight as `[n, k * bits / 8]` bytes (a `Gather` table for 8 bits, a
+    /// `GatherBlockQuantized` one for 4), in the same range of the same external data file (as
+    /// the converter writes a tied embedding).
+    pub fn table_slot(&self, table: &TensorProto, bits: usize) -> Option<usize> {
         let range = external::Range::of(table).ok()??;
         let dims: Vec<usize> = table.dims.iter().map(|&d| usize::try_from(d).ok()).collect::<Option<_>>()?;
         self.0.iter().position(|w| {
-            let Shape { n, k, bits } = w.shape;
-            bits == 8 && dims == [n, k] && external::Range::of(&w.b).ok().flatten().as_ref() == Some(&range)
+            let Shape { n, k, bits: b } = w.shape;
+            b == bits && dims == [n, k * bits / 8] && external::Range::of(&w.b).ok().flatten().as_ref() == Some(&range)
         })
+    }
+
+    /// Whether `scales` is slot `slot`'s scales initializer's range of the same external data
+    /// file (the bytes of its block scales, as the converter writes a 4-bit token table's).
+    pub fn has_scales_of(&self, slot: usize, scales: &TensorProto) -> bool {
+        let Some(w) = self.0.get(slot) else { return false };
+        let theirs = external::Range::of(&w.scales).ok().flatten();
+        theirs.is_some()
+            && theirs == external::Range::of(scales).ok().flatten()
+            && w.scales.data_type == scales.data_type
     }
 }
 

@@ -100,21 +100,56 @@ def _matmul_8bit(b, x, codes, scales, tag, name=None):
                 accuracy_level=4)
 
 
-def _embedding_8bit(b, codes, scales):
+def _embedding_8bit(b, codes, scales, ids="input_ids"):
     """Token lookup in an 8-bit table with standard ops (uint8 rows, minus 128, times each block's
     scale): only the looked-up rows are widened. Its bytes are the LM head's (`_matmul_8bit`)."""
     vocab, k = codes.shape
     blocks = k // BLOCK
     table = b.const("model.embed_tokens.qweight", (codes.astype(np.int16) + 128).astype(np.uint8))
-    rows = b.op("Cast", [b.op("Gather", [table, "input_ids"], axis=0)], to=TensorProto.FLOAT)
+    rows = b.op("Cast", [b.op("Gather", [table, ids], axis=0)], to=TensorProto.FLOAT)
     centered = b.op("Sub", [rows, b.const("emb.zero", np.array(128, np.float32))])
     blocked = b.op("Reshape", [centered, b.const("emb.blocks", np.array([0, 0, blocks, BLOCK], np.int64))])
     # f16 like the head's scales (`_f16_scales`), so the file holds the same bytes once for both.
     half = b.const("model.embed_tokens.scales", scales.astype(np.float16))
-    row_scales = b.op("Cast", [b.op("Gather", [half, "input_ids"], axis=0)], to=TensorProto.FLOAT)
+    row_scales = b.op("Cast", [b.op("Gather", [half, ids], axis=0)], to=TensorProto.FLOAT)
     row_scales = b.op("Unsqueeze", [row_scales, b.const("emb.scale_axis", np.array([-1], np.int64))])
     scaled = b.op("Mul", [blocked, row_scales])
     return b.op("Reshape", [scaled, b.const("emb.rows", np.array([0, 0, k], np.int64))])
+
+
+def _pack_nibbles(codes):
+    """4-bit codes [N, K] (0..15) -> [N, K/2] bytes, element 2i in the low nibble of byte i (the
+    layout of `MatMulNBits` and `GatherBlockQuantized`)."""
+    return (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
+
+
+def _embedding_split(b, head):
+    """Token lookup in a split table (`head.py`): ids below `rows_8bit` in the 8-bit rows
+    (`_embedding_8bit`), the others in the 4-bit rows by com.microsoft `GatherBlockQuantized`.
+    Both tables' bytes are the LM head's (`_lm_head_split`), stored once."""
+    split = b.const("emb.split", np.array(head.rows_8bit, np.int64))
+    low_ids = b.op("Min", ["input_ids", b.const("emb.last_8bit", np.array(head.rows_8bit - 1, np.int64))])
+    low = _embedding_8bit(b, head.codes8, head.scales8, low_ids)
+    high_ids = b.op("Max", [b.op("Sub", ["input_ids", split]), b.const("emb.first", np.array(0, np.int64))])
+    table = b.const("model.embed_tokens.rare.qweight", _pack_nibbles(head.codes4))
+    # Scales as the head's (`_f16_scales`), in GatherBlockQuantized's [rows, K/32] shape.
+    half = head.scales4.astype(np.float16)
+    assert np.array_equal(half.astype(np.float32), head.scales4), "4-bit head scales are not exact f16 values"
+    scales = b.op("Cast", [b.const("model.embed_tokens.rare.scales", half)], to=TensorProto.FLOAT)
+    high = b.op("GatherBlockQuantized", [table, high_ids, scales], domain=MS_DOMAIN, gather_axis=0, quantize_axis=1,
+                block_size=BLOCK, bits=4)
+    is_low = b.op("Unsqueeze", [b.op("Less", ["input_ids", split]), b.const("emb.axis", np.array([-1], np.int64))])
+    return b.op("Where", [is_low, low, high])
+
+
+def _lm_head_split(b, x, head):
+    """Logits of a split head (`head.py`): the 8-bit rows and the 4-bit rows as two
+    `MatMulNBits`, concatenated along the vocabulary."""
+    low = _matmul_8bit(b, x, head.codes8, head.scales8, "lm_head.8bit")
+    rows = len(head.codes4)
+    packed = _pack_nibbles(head.codes4).reshape(rows, -1, BLOCK // 2)
+    high = _matmul_nbits(b, x, packed, head.scales4, "lm_head.4bit")
+    return b.op("Concat", [low, high], name="logits", axis=-1)
 
 
 def _matmul_q4_1(b, x, packed, scales, offsets_t, tag, name=None):
@@ -180,18 +215,22 @@ def _layer(b, hp: HParams, i, x, w, cos, sin):
     return b.op("Add", [x, _linear(b, b.op("Mul", [act, up]), w["down"], f"{tag}.down_proj")])
 
 
-def build(hp: HParams, weights, lm_head=None, quant="f32") -> onnx.ModelProto:
+def build(hp: HParams, weights, lm_head=None, quant="f32", head=None) -> onnx.ModelProto:
     """The whole decoder. `weights` provides layer(i), embedding(), output_norm().
 
     quant "f32": plain weights. "q4": linear layers as 4-bit blocks, the GGUF's own Q4_1 blocks
     kept exactly (asymmetric: symmetric codes + per-block offsets, `quant.py`); the tied embedding
     and LM head as 8-bit blocks, the GGUF's own Q8_0 (a 4-bit head cost +7% perplexity on
     models/eval/heldout.txt). "q8": every linear layer as 8-bit blocks, the embedding as in "q4".
-    The 8-bit table and its scales are stored once for both the lookup and the LM head.
+    The 8-bit table and its scales are stored once for both the lookup and the LM head. `head`, a
+    `head.SplitHead` of that table, makes the tied table part 8-bit, part 4-bit (q4 only).
     """
     assert quant in ("f32", "q4", "q8"), quant
     b = _Builder(quant)
-    if quant in ("q4", "q8"):
+    assert head is None or (quant == "q4" and lm_head is None), "a split head is a tied q4 table"
+    if head is not None:
+        x = _embedding_split(b, head)
+    elif quant in ("q4", "q8"):
         emb_codes, emb_scales = weights.q8("token_embd.weight")
         x = _embedding_8bit(b, emb_codes, emb_scales)
     else:
@@ -216,6 +255,8 @@ def build(hp: HParams, weights, lm_head=None, quant="f32") -> onnx.ModelProto:
     x = _rms_norm(b, x, weights.output_norm(), hp.rms_eps, "model.norm")
     if lm_head is not None:
         _linear(b, x, lm_head, "lm_head", name="logits")
+    elif head is not None:
+        _lm_head_split(b, x, head)
     elif quant in ("q4", "q8"):
         _matmul_8bit(b, x, emb_codes, emb_scales, "lm_head", name="logits")
     else:
