@@ -26,7 +26,7 @@ pruned_dir="$("$pocketlm" fetch --weights q4-pruned | tail -n 1)"
 python="$POCKETLM_HOME/venv/bin/python"
 echo "models: $model_dir $f32_dir $pruned_dir"
 
-step "model pipeline unit tests (pruning)"
+step "model pipeline unit tests (pruning, split head)"
 "$python" -m unittest discover -s models/tests
 
 step "model pipeline reproducibility"
@@ -54,6 +54,16 @@ total = sum(len(p) for p in committed["pruned"])
 differ = sum(len(set(a) ^ set(b)) // 2 for a, b in zip(committed["pruned"], fresh["pruned"]))
 print(f"pruning selection regenerated: {differ} of {total} pruned channels differ")
 assert differ <= total // 200, "models/pruning/ffn-keep-1344.json is not what models/prune.py chooses"
+PY
+"$python" models/head_gram.py --wheel "$wheel" --out "$tmp/lm-head-gram.npy" > /dev/null
+"$python" - models/calibration/lm-head-gram.npy "$tmp/lm-head-gram.npy" <<'PY'
+import sys
+import numpy as np
+# Activations differ in their last bits between CPUs: the Gram matrix must agree to float noise.
+committed, fresh = (np.load(p).astype(np.float64) for p in sys.argv[1:])
+difference = np.linalg.norm(committed - fresh) / np.linalg.norm(committed)
+print(f"LM-head Gram matrix regenerated: relative difference {difference:.1e}")
+assert difference < 1e-4, "models/calibration/lm-head-gram.npy is not what models/head_gram.py measures"
 PY
 
 step "aarch64: core tests under qemu, Cortex-A53 (NEON) and Neoverse-N1 (NEON + dotprod)"
