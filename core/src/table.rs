@@ -35,7 +35,6 @@ pub fn register(onnx: &mut Onnx) {
 
 /// A lookup [`detach_tables`] can serve from a head's weight.
 struct Plan {
-    node: usize,
     slot: usize,
     n: usize,
     k: usize,
@@ -59,11 +58,11 @@ pub fn detach_tables(proto: &mut ModelProto, detached: &Detached) -> TractResult
             "GatherBlockQuantized" => gbq_plan(graph, node, &readers, detached)?,
             _ => None,
         };
-        plans.extend(plan.map(|p| Plan { node: at, ..p }));
+        plans.extend(plan.map(|p| (at, p)));
     }
     let mut casts = vec![];
-    for plan in &plans {
-        let node = &mut graph.node[plan.node];
+    for (at, plan) in &plans {
+        let node = &mut graph.node[*at];
         // Input 1 is the ids for both ops; the others were the table's.
         for (i, input) in node.input.iter_mut().enumerate() {
             if i != 1 {
@@ -109,7 +108,7 @@ fn gather_plan(
     let Some(table) = own_table(graph, &node.input[0], readers) else { return Ok(None) };
     let Some(slot) = detached.table_slot(table, 8) else { return Ok(None) };
     let (n, k) = (table.dims[0] as usize, table.dims[1] as usize);
-    Ok(Some(Plan { node: 0, slot, n, k, initializers: vec![table.name.clone()], cast: None }))
+    Ok(Some(Plan { slot, n, k, initializers: vec![table.name.clone()], cast: None }))
 }
 
 fn gbq_plan(
@@ -138,14 +137,7 @@ fn gbq_plan(
         return Ok(None);
     }
     let (n, k) = (table.dims[0] as usize, 2 * table.dims[1] as usize);
-    Ok(Some(Plan {
-        node: 0,
-        slot,
-        n,
-        k,
-        initializers: vec![table.name.clone(), scales.name.clone()],
-        cast: Some(cast),
-    }))
+    Ok(Some(Plan { slot, n, k, initializers: vec![table.name.clone(), scales.name.clone()], cast: Some(cast) }))
 }
 
 /// Imports `op` (`Gather` or `GatherBlockQuantized`) as a lookup in a `bits`-bit head weight
@@ -175,13 +167,13 @@ struct TableLookup {
     bits: usize,
 }
 
-impl TableLookup {
-    fn datum_type(&self) -> DatumType {
-        if self.bits == 8 {
-            u8::datum_type()
-        } else {
-            f32::datum_type()
-        }
+/// What a lookup in a `bits`-bit table gives: an 8-bit table's uint8 codes (dequantized by the
+/// ops that follow), a 4-bit table's f32 values.
+fn lookup_type(bits: usize) -> DatumType {
+    if bits == 8 {
+        u8::datum_type()
+    } else {
+        f32::datum_type()
     }
 }
 
@@ -198,7 +190,7 @@ impl Expansion for TableLookup {
     ) -> InferenceResult {
         check_input_arity(inputs, 1)?;
         check_output_arity(outputs, 1)?;
-        s.equals(&outputs[0].datum_type, self.datum_type())?;
+        s.equals(&outputs[0].datum_type, lookup_type(self.bits))?;
         s.equals(&outputs[0].rank, inputs[0].rank.bex() + 1)?;
         let k = self.k.to_dim();
         s.given(&inputs[0].rank, move |s, rank| {
@@ -245,8 +237,7 @@ impl TypedOp for PendingTable {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let mut shape = inputs[0].shape.to_tvec();
         shape.push(self.k.to_dim());
-        let dt = if self.bits == 8 { u8::datum_type() } else { f32::datum_type() };
-        Ok(tvec!(dt.fact(shape)))
+        Ok(tvec!(lookup_type(self.bits).fact(shape)))
     }
 
     as_op!();
