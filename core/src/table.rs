@@ -133,7 +133,7 @@ fn gbq_plan(
     let Some(scales) = graph.initializer.iter().find(|t| &t.name == source) else { return Ok(None) };
     let to: i64 = graph.node[cast].get_attr("to")?;
     let only_reader = readers.get(source) == Some(&1) && readers.get(&node.input[2]) == Some(&1);
-    if to != DataType::Float as i64 || !only_reader || !detached.has_scales_of(slot, scales) {
+    if to != DataType::Float as i64 || !only_reader || !detached.is_symmetric_with_scales(slot, scales) {
         return Ok(None);
     }
     let (n, k) = (table.dims[0] as usize, 2 * table.dims[1] as usize);
@@ -328,6 +328,10 @@ mod tests {
                 gbq(&["other", "ids", "other.sf"], "other_lookup"),
                 cast("head.s", "head.sf"),
                 nbits_node(&["x", "head.w", "head.sf"], "head", 4),
+                cast("zp.s", "zp.sf"),
+                gbq(&["zp", "ids", "zp.sf"], "zp_lookup"),
+                cast("head2.s", "head2.sf"),
+                nbits_node(&["x", "head2.w", "head2.sf", "head2.z"], "head2", 4),
             ],
             initializer: vec![
                 data("table", DataType::Uint8, &[8, 32], 0, 256),
@@ -337,6 +341,12 @@ mod tests {
                 data("other.s", DataType::Float16, &[8, 2], 288, 32),
                 data("head.w", DataType::Uint8, &[8, 2, 16], 0, 256),
                 data("head.s", DataType::Float16, &[16], 256, 32),
+                // A head with zero points: its values are not what the lookup reads.
+                data("zp", DataType::Uint8, &[8, 32], 512, 256),
+                data("zp.s", DataType::Float16, &[8, 2], 768, 32),
+                data("head2.w", DataType::Uint8, &[8, 2, 16], 512, 256),
+                data("head2.s", DataType::Float16, &[16], 768, 32),
+                data("head2.z", DataType::Uint8, &[8], 800, 8),
             ],
             ..Default::default()
         };
@@ -346,11 +356,17 @@ mod tests {
         let graph = proto.graph.unwrap();
         let mut left: Vec<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
         left.sort();
-        assert_eq!(left, ["other", "other.s"], "the table, its scales and the head's weights are detached");
+        assert_eq!(
+            left,
+            ["other", "other.s", "zp", "zp.s"],
+            "the table, its scales and the heads' weights are detached"
+        );
         let ops: Vec<&str> = graph.node.iter().map(|n| n.name.as_str()).collect();
-        assert_eq!(ops, ["lookup", "other.sf", "other_lookup", "head"], "the table's and the head's casts are gone");
+        let kept = ["lookup", "other.sf", "other_lookup", "head", "zp.sf", "zp_lookup", "head2"];
+        assert_eq!(ops, kept, "the table's and the heads' casts are gone");
         assert_eq!(graph.node[0].input, ["", "ids", ""]);
         assert_eq!(graph.node[0].get_attr_tvec::<i64>(TABLE_ATTR).unwrap().to_vec(), [0, 8, 64]);
         assert!(graph.node[2].get_attr_opt_tvec::<i64>(TABLE_ATTR).unwrap().is_none(), "other scales stay");
+        assert!(graph.node[5].get_attr_opt_tvec::<i64>(TABLE_ATTR).unwrap().is_none(), "zero points stay");
     }
 }

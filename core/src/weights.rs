@@ -84,10 +84,15 @@ impl Detached {
         })
     }
 
-    /// Whether `scales` is slot `slot`'s scales initializer's range of the same external data
-    /// file (the bytes of its block scales, as the converter writes a 4-bit token table's).
-    pub fn has_scales_of(&self, slot: usize, scales: &TensorProto) -> bool {
+    /// Whether slot `slot` is symmetric (no zero points or offsets: `(code - 8) * scale` at 4
+    /// bits, as a `GatherBlockQuantized` without zero points reads its table) and `scales` is
+    /// its scales initializer's range of the same external data file (the bytes of its block
+    /// scales, as the converter writes a 4-bit token table's).
+    pub fn is_symmetric_with_scales(&self, slot: usize, scales: &TensorProto) -> bool {
         let Some(w) = self.0.get(slot) else { return false };
+        if w.zero_points.is_some() || w.offsets.is_some() {
+            return false;
+        }
         let theirs = external::Range::of(&w.scales).ok().flatten();
         theirs.is_some()
             && theirs == external::Range::of(scales).ok().flatten()
