@@ -16,19 +16,21 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 
 /// Pipeline files, written to `$POCKETLM_HOME/pipeline/` before converting.
-const PIPELINE: &[(&str, &str)] = &[
-    ("convert.py", include_str!("../../models/convert.py")),
-    ("manifest.json", include_str!("../../models/manifest.json")),
-    ("requirements.txt", include_str!("../../models/requirements.txt")),
-    ("pipeline/__init__.py", include_str!("../../models/pipeline/__init__.py")),
-    ("pipeline/hparams.py", include_str!("../../models/pipeline/hparams.py")),
-    ("pipeline/weights.py", include_str!("../../models/pipeline/weights.py")),
-    ("pipeline/graph.py", include_str!("../../models/pipeline/graph.py")),
-    ("pipeline/tokenizer.py", include_str!("../../models/pipeline/tokenizer.py")),
-    ("pipeline/package.py", include_str!("../../models/pipeline/package.py")),
-    ("pipeline/quant.py", include_str!("../../models/pipeline/quant.py")),
-    ("pipeline/prune.py", include_str!("../../models/pipeline/prune.py")),
-    ("pruning/ffn-keep-1344.json", include_str!("../../models/pruning/ffn-keep-1344.json")),
+const PIPELINE: &[(&str, &[u8])] = &[
+    ("convert.py", include_bytes!("../../models/convert.py")),
+    ("manifest.json", include_bytes!("../../models/manifest.json")),
+    ("requirements.txt", include_bytes!("../../models/requirements.txt")),
+    ("pipeline/__init__.py", include_bytes!("../../models/pipeline/__init__.py")),
+    ("pipeline/hparams.py", include_bytes!("../../models/pipeline/hparams.py")),
+    ("pipeline/weights.py", include_bytes!("../../models/pipeline/weights.py")),
+    ("pipeline/graph.py", include_bytes!("../../models/pipeline/graph.py")),
+    ("pipeline/head.py", include_bytes!("../../models/pipeline/head.py")),
+    ("pipeline/tokenizer.py", include_bytes!("../../models/pipeline/tokenizer.py")),
+    ("pipeline/package.py", include_bytes!("../../models/pipeline/package.py")),
+    ("pipeline/quant.py", include_bytes!("../../models/pipeline/quant.py")),
+    ("pipeline/prune.py", include_bytes!("../../models/pipeline/prune.py")),
+    ("pruning/ffn-keep-1344.json", include_bytes!("../../models/pruning/ffn-keep-1344.json")),
+    ("calibration/lm-head-gram.npy", include_bytes!("../../models/calibration/lm-head-gram.npy")),
 ];
 
 #[derive(Deserialize)]
@@ -135,10 +137,10 @@ fn venv(home: &Path) -> anyhow::Result<PathBuf> {
 
 fn write_pipeline(home: &Path) -> anyhow::Result<PathBuf> {
     let src = home.join("pipeline");
-    for (name, text) in PIPELINE {
+    for (name, bytes) in PIPELINE {
         let path = src.join(name);
         std::fs::create_dir_all(path.parent().expect("has parent"))?;
-        std::fs::write(&path, text)?;
+        std::fs::write(&path, bytes)?;
     }
     Ok(src)
 }
@@ -213,17 +215,34 @@ mod tests {
 
     /// Every file a manifest format needs at conversion time is embedded in the binary.
     #[test]
-    fn pipeline_embeds_every_pruning_selection_the_manifest_names() {
+    fn pipeline_embeds_every_file_the_manifest_formats_name() {
         let manifest: serde_json::Value = serde_json::from_str(include_str!("../../models/manifest.json")).unwrap();
         let formats = manifest["formats"].as_object().expect("manifest has formats");
-        let mut selections = 0;
+        let (mut selections, mut grams) = (0, 0);
         for (name, format) in formats {
             assert!(manifest["outputs"].get(name).is_some(), "format {name} has no recorded outputs");
             if let Some(path) = format.get("ffn_selection").and_then(|p| p.as_str()) {
                 assert!(PIPELINE.iter().any(|(f, _)| *f == path), "{path} (format {name}) is not embedded");
                 selections += 1;
             }
+            if let Some(path) = format.get("head").and_then(|h| h.get("gram")).and_then(|p| p.as_str()) {
+                assert!(PIPELINE.iter().any(|(f, _)| *f == path), "{path} (format {name}) is not embedded");
+                grams += 1;
+            }
         }
-        assert!(selections > 0, "no pruned format in the manifest");
+        assert!(selections > 0 && grams > 0, "no pruned or split-head format in the manifest");
+    }
+
+    /// Every module of the converter's package is embedded (convert.py imports them).
+    #[test]
+    fn pipeline_embeds_every_module() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/pipeline");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            if name.ends_with(".py") {
+                let embedded = format!("pipeline/{name}");
+                assert!(PIPELINE.iter().any(|(f, _)| *f == embedded), "{embedded} is not embedded");
+            }
+        }
     }
 }
