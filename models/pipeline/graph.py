@@ -220,10 +220,11 @@ def build(hp: HParams, weights, lm_head=None, quant="f32", head=None) -> onnx.Mo
 
     quant "f32": plain weights. "q4": linear layers as 4-bit blocks, the GGUF's own Q4_1 blocks
     kept exactly (asymmetric: symmetric codes + per-block offsets, `quant.py`); the tied embedding
-    and LM head as 8-bit blocks, the GGUF's own Q8_0 (a 4-bit head cost +7% perplexity on
-    models/eval/heldout.txt). "q8": every linear layer as 8-bit blocks, the embedding as in "q4".
-    The 8-bit table and its scales are stored once for both the lookup and the LM head. `head`, a
-    `head.SplitHead` of that table, makes the tied table part 8-bit, part 4-bit (q4 only).
+    and LM head as 8-bit blocks, the GGUF's own Q8_0 (all 4-bit to nearest cost +7% perplexity on
+    models/eval/heldout.txt), or, given `head` (a `head.SplitHead` of that table), its frequent
+    rows 8-bit and the rest 4-bit. "q8": every linear layer as 8-bit blocks, the embedding as in
+    "q4" without `head`. The table and its scales are stored once for both the lookup and the LM
+    head.
     """
     assert quant in ("f32", "q4", "q8"), quant
     b = _Builder(quant)
