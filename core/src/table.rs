@@ -38,8 +38,9 @@ struct Plan {
     slot: usize,
     n: usize,
     k: usize,
-    /// Initializers and nodes (the scales' `Cast`) that only fed the table.
+    /// Initializers only the lookup read: its table, and a 4-bit table's scales.
     initializers: Vec<String>,
+    /// The 4-bit scales' `Cast` (a node index), which only the lookup read.
     cast: Option<usize>,
 }
 
@@ -85,7 +86,7 @@ pub fn detach_tables(proto: &mut ModelProto, detached: &Detached) -> TractResult
     Ok(plans.len())
 }
 
-/// The uint8 initializer `name` when `node` is its only reader.
+/// The uint8 initializer `name`, when one node alone reads it.
 fn own_table<'g>(
     graph: &'g GraphProto,
     name: &str,
