@@ -6,11 +6,10 @@ The 4-bit rows are rounded by GPTQ (Frantar et al., 2022) against the Gram matri
 hidden states that feed the head on calibration text (models/head_gram.py, committed so converted
 files are byte-reproducible): each column's rounding error is spread over the columns not yet
 rounded, along the inverse Gram, which minimises the error of the logits rather than of the
-weights. Measured on the default model (onnxruntime, models/eval/heldout.txt; KL divergence from
-the 8-bit head on another text): a 4-bit head rounded to nearest cost +7.3% perplexity; the first
-11 550 rows 8-bit, the rest rounded to nearest, +1.4%; with GPTQ, +0.0% to +0.6% depending on the
-split (KL 0.016-0.018 nats). Token lookups of the 4-bit rows cost +0.02% (the embedding is far less
-sensitive than the head).
+weights. Measured on the default model (onnxruntime, models/eval/heldout.txt, against the all-8-bit
+table): all rows 4-bit to nearest +7.3% perplexity (the head's share; 4-bit token lookups alone
++0.02%); 11 550 rows 8-bit, the rest to nearest, +1.4%; 15 360 rows 8-bit, the rest GPTQ, +0.7%
+(models/README.md).
 """
 from dataclasses import dataclass
 
@@ -80,7 +79,7 @@ def split_head(codes8: np.ndarray, scales8: np.ndarray, rows_8bit: int, gram, da
     """The 8-bit table (`codes8` int8 [V, K], `scales8` [V, K/32]) with rows from `rows_8bit` on
     re-rounded to 4 bits from their 8-bit values; `gram` None rounds to nearest (identity)."""
     v, k = codes8.shape
-    assert 0 < rows_8bit < v and rows_8bit % 2 == 0, rows_8bit
+    assert 0 < rows_8bit < v, rows_8bit
     rest = (codes8[rows_8bit:].astype(np.float32).reshape(v - rows_8bit, -1, BLOCK)
             * scales8[rows_8bit:, :, None]).reshape(v - rows_8bit, k)
     codes4, scales4 = gptq_q4_0(rest, np.eye(k) if gram is None else gram, damp)
