@@ -1,20 +1,20 @@
 //! Token lookup in the tied LM head, so the table is held once (the ONNX graph holds it twice: a
 //! constant for its lookup and the LM head's `MatMulNBits` weight): `GatherCodes` gives the uint8
-//! rows an 8-bit table's `Gather` would, `EmbedQ8` dequantized rows straight from the 8-bit head's
-//! codes, `EmbedQ4` those a `GatherBlockQuantized` would give from a 4-bit head's.
+//! rows an 8-bit table's `Gather` would, `Embed` dequantized rows straight from the head's codes
+//! (an 8-bit head's, or a 4-bit one's as a `GatherBlockQuantized` gives them).
 
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
-use crate::q4::Q4Matrix;
 use crate::q8::Q8Matrix;
 use crate::qlinear::{identity_by_arc, QWeight};
 
-/// `out[.., :] = W[id, :]` for token ids `[..]` (i64), `W` an `[n, k]` 8-bit matrix.
+/// `out[.., :] = W[id, :]` for token ids `[..]` (i64), `W` an `[n, k]` block-quantized matrix.
+/// Named `EmbedQ8` or `EmbedQ4` after its table's width.
 #[derive(Clone, Debug)]
-pub struct EmbedQ8 {
+pub struct Embed {
     /// The table, shared with the LM head's `QLinear`.
     pub table: Arc<QWeight>,
 }
@@ -45,43 +45,26 @@ fn matrix(table: &QWeight) -> TractResult<&Q8Matrix> {
     }
 }
 
-/// The 4-bit matrix of a token table.
-fn matrix4(table: &QWeight) -> TractResult<&Q4Matrix> {
-    match table {
-        QWeight::Q4(m) => Ok(m),
-        QWeight::Q8(_) => bail!("this token table must be 4-bit"),
-    }
-}
+identity_by_arc!(Embed, table);
 
-/// [`look_up`] in an 8-bit table.
-fn look_up8<T: Datum>(
-    table: &QWeight,
-    ids: &TValue,
-    row: impl Fn(&Q8Matrix, usize, &mut [T]),
-) -> TractResult<TVec<TValue>> {
-    let m = matrix(table)?;
-    look_up((m.blocks().n(), m.blocks().k()), ids, |j, out| row(m, j, out))
-}
-
-identity_by_arc!(EmbedQ8, table);
-
-impl Op for EmbedQ8 {
+impl Op for Embed {
     fn name(&self) -> StaticName {
-        "EmbedQ8".into()
+        format!("EmbedQ{}", self.table.bits()).into()
     }
 
     op_as_typed_op!();
 }
 
-impl EvalOp for EmbedQ8 {
+impl EvalOp for Embed {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        look_up8(&self.table, &inputs[0], Q8Matrix::dequantize_row)
+        let table = &*self.table;
+        look_up((table.n(), table.k()), &inputs[0], |j, out| table.dequantize_row(j, out))
     }
 }
 
-impl TypedOp for EmbedQ8 {
+impl TypedOp for Embed {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let mut shape = inputs[0].shape.to_tvec();
         shape.push(self.table.k().to_dim());
@@ -113,7 +96,8 @@ impl EvalOp for GatherCodes {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        look_up8(&self.table, &inputs[0], Q8Matrix::unsigned_row)
+        let m = matrix(&self.table)?;
+        look_up((m.blocks().n(), m.blocks().k()), &inputs[0], |j, out| m.unsigned_row(j, out))
     }
 }
 
@@ -127,46 +111,10 @@ impl TypedOp for GatherCodes {
     as_op!();
 }
 
-/// `out[.., :] = W[id, :]` for token ids `[..]` (i64), `W` an `[n, k]` 4-bit matrix: the rows a
-/// com.microsoft `GatherBlockQuantized` of the table that is `W` gives.
-#[derive(Clone, Debug)]
-pub struct EmbedQ4 {
-    /// The table, shared with the LM head's `QLinear`.
-    pub table: Arc<QWeight>,
-}
-
-identity_by_arc!(EmbedQ4, table);
-
-impl Op for EmbedQ4 {
-    fn name(&self) -> StaticName {
-        "EmbedQ4".into()
-    }
-
-    op_as_typed_op!();
-}
-
-impl EvalOp for EmbedQ4 {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let m = matrix4(&self.table)?;
-        look_up((m.blocks().n(), m.blocks().k()), &inputs[0], |j, out| m.dequantize_row(j, out))
-    }
-}
-
-impl TypedOp for EmbedQ4 {
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let mut shape = inputs[0].shape.to_tvec();
-        shape.push(self.table.k().to_dim());
-        Ok(tvec!(f32::fact(shape)))
-    }
-
-    as_op!();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::q4::Q4Matrix;
     use crate::qblock::{Blocks, BLOCK};
 
     fn table() -> Arc<QWeight> {
@@ -178,7 +126,7 @@ mod tests {
 
     #[test]
     fn looks_up_dequantized_rows_and_rejects_unknown_ids() {
-        let op = EmbedQ8 { table: table() };
+        let op = Embed { table: table() };
         let ids = Tensor::from_shape(&[1, 3], &[4i64, 0, 4]).unwrap();
         let out = op.eval(&EvalContext::out_of_plan(), tvec![ids.into_tvalue()]).unwrap();
         let out = out[0].to_plain_array_view::<f32>().unwrap();
@@ -243,7 +191,7 @@ mod tests {
         let codes: Vec<u8> = (0..n * k).map(|i| ((i * 7) % 16) as u8).collect();
         let scales: Vec<f32> = (0..n * 2).map(|i| 0.25 * (i + 1) as f32).collect();
         let m = Q4Matrix::new(&codes, Blocks::new(n, k, scales.clone(), None).unwrap()).unwrap();
-        let op = EmbedQ4 { table: Arc::new(QWeight::Q4(m)) };
+        let op = Embed { table: Arc::new(QWeight::Q4(m)) };
         let ids = Tensor::from_shape(&[1, 2], &[2i64, 0]).unwrap();
         let out = op.eval(&EvalContext::out_of_plan(), tvec![ids.into_tvalue()]).unwrap();
         let out = out[0].to_plain_array_view::<f32>().unwrap();
@@ -256,7 +204,7 @@ mod tests {
         }
         let bad = Tensor::from_shape(&[1], &[3i64]).unwrap();
         assert!(op.eval(&EvalContext::out_of_plan(), tvec![bad.into_tvalue()]).is_err());
-        assert!(EmbedQ8 { table: op.table.clone() }
+        assert!(GatherCodes { table: op.table.clone() }
             .eval(&EvalContext::out_of_plan(), tvec![tensor1(&[0i64]).into_tvalue()])
             .is_err());
     }

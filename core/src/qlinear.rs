@@ -55,6 +55,14 @@ impl QWeight {
         }
     }
 
+    /// Row `j` as f32 into `out` (`k` values).
+    pub fn dequantize_row(&self, j: usize, out: &mut [f32]) {
+        match self {
+            QWeight::Q4(m) => m.dequantize_row(j, out),
+            QWeight::Q8(m) => m.dequantize_row(j, out),
+        }
+    }
+
     fn matmul_rows(&self, x: &QuantizedRows, rows: std::ops::Range<usize>, y: &mut [f32], y_stride: usize) {
         match self {
             QWeight::Q4(m) => m.matmul_rows(x, rows, y, y_stride),

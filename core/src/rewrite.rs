@@ -14,7 +14,7 @@ use tract_onnx::tract_core::ops::math::{Mul, Sub};
 
 use crate::attention::CachedAttention;
 use crate::config::ModelConfig;
-use crate::embed::{EmbedQ8, GatherCodes};
+use crate::embed::{Embed, GatherCodes};
 use crate::qlinear::{QLinear, QWeight};
 use crate::rope::Rope;
 
@@ -173,7 +173,7 @@ pub fn untie_shared_constants(model: &mut TypedModel) -> TractResult<()> {
 }
 
 /// Replaces the 8-bit token lookup (a uint8 table's rows, `Cast`, `Sub 128`, reshapes, `Mul` by the
-/// `Gather`ed block scales) with [`EmbedQ8`] reading the tied LM head's codes, when the table and
+/// `Gather`ed block scales) with [`Embed`] reading the tied LM head's codes, when the table and
 /// its scales are exactly the head's. The rows come from a [`GatherCodes`] of the head (the table
 /// was never loaded, `table.rs`) or from a `Gather` of a uint8 constant equal to the head's codes
 /// (then dropped by the optimiser: −28 MB resident on the default model). Returns whether it did.
@@ -208,7 +208,7 @@ pub fn share_embedding_table(model: &mut TypedModel) -> TractResult<bool> {
         let mut patch = TypedModelPatch::new("share the embedding table with the LM head");
         let tapped = patch.tap_model(model, ids)?;
         let name = format!("{}.embed_q8", model.node(id).name);
-        let rows = patch.wire_node(name, EmbedQ8 { table: head.clone() }, &[tapped])?[0];
+        let rows = patch.wire_node(name, Embed { table: head.clone() }, &[tapped])?[0];
         patch.shunt_outside(model, end.into(), rows)?;
         patch.apply(model)?;
         return Ok(true);

@@ -6,7 +6,7 @@
 //! head, which tract would read and copy twice): [`detach_tables`] takes it out of the graph
 //! before parsing, the importer wires a `PendingTable` for the head's slot, and [`pack`] makes it
 //! a lookup in the head's packed codes: [`GatherCodes`] (which `share_embedding_table` then fuses
-//! with the dequantization that follows into `EmbedQ8`) or [`EmbedQ4`].
+//! with the dequantization that follows into an 8-bit [`Embed`]) or a 4-bit [`Embed`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
 use tract_onnx::Onnx;
 
-use crate::embed::{EmbedQ4, GatherCodes};
+use crate::embed::{Embed, GatherCodes};
 use crate::qblock::BLOCK;
 use crate::qlinear::QWeight;
 use crate::weights::{count_readers, Detached};
@@ -244,7 +244,7 @@ impl TypedOp for PendingTable {
     as_op!();
 }
 
-/// Makes every imported table lookup a [`GatherCodes`] (8-bit) or [`EmbedQ4`] (4-bit) in its
+/// Makes every imported table lookup a [`GatherCodes`] (8-bit) or [`Embed`] (4-bit) in its
 /// slot's packed weight (`packed`, from `nbits::pack`). Returns how many.
 pub fn pack(model: &mut TypedModel, packed: &[Option<Arc<QWeight>>]) -> TractResult<usize> {
     let ids: Vec<usize> = model.nodes().iter().filter(|n| n.op_is::<PendingTable>()).map(|n| n.id).collect();
@@ -264,7 +264,7 @@ pub fn pack(model: &mut TypedModel, packed: &[Option<Arc<QWeight>>]) -> TractRes
             table.bits()
         );
         model.node_mut(id).op =
-            if pending.bits == 8 { Box::new(GatherCodes { table }) } else { Box::new(EmbedQ4 { table }) };
+            if pending.bits == 8 { Box::new(GatherCodes { table }) } else { Box::new(Embed { table }) };
     }
     Ok(ids.len())
 }
@@ -277,6 +277,18 @@ mod tests {
     /// `name`, `length` bytes at `offset` of `w.data`.
     fn data(name: &str, dt: DataType, dims: &[i64], offset: usize, length: usize) -> tract_onnx::pb::TensorProto {
         external(name, dt, dims, "w.data", offset, length)
+    }
+
+    /// Detaches the weights, then the tables, of `graph`: how many tables, the graph left and the
+    /// names of its initializers, sorted.
+    fn detach(graph: GraphProto) -> (usize, GraphProto, Vec<String>) {
+        let mut proto = ModelProto { graph: Some(graph), ..Default::default() };
+        let detached = crate::weights::detach_weights(&mut proto).unwrap();
+        let tables = detach_tables(&mut proto, &detached).unwrap();
+        let graph = proto.graph.unwrap();
+        let mut left: Vec<String> = graph.initializer.iter().map(|t| t.name.clone()).collect();
+        left.sort();
+        (tables, graph, left)
     }
 
     #[test]
@@ -297,12 +309,8 @@ mod tests {
             ],
             ..Default::default()
         };
-        let mut proto = ModelProto { graph: Some(graph), ..Default::default() };
-        let detached = crate::weights::detach_weights(&mut proto).unwrap();
-        assert_eq!(detach_tables(&mut proto, &detached).unwrap(), 1);
-        let graph = proto.graph.unwrap();
-        let mut left: Vec<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
-        left.sort();
+        let (tables, graph, left) = detach(graph);
+        assert_eq!(tables, 1);
         assert_eq!(left, ["elsewhere", "scales"], "the table and the head's weights are detached");
         assert_eq!(graph.node[0].input, ["", "ids"]);
         assert_eq!(graph.node[0].get_attr_tvec::<i64>(TABLE_ATTR).unwrap().to_vec(), [0, 8, 64]);
@@ -351,12 +359,8 @@ mod tests {
             ],
             ..Default::default()
         };
-        let mut proto = ModelProto { graph: Some(graph), ..Default::default() };
-        let detached = crate::weights::detach_weights(&mut proto).unwrap();
-        assert_eq!(detach_tables(&mut proto, &detached).unwrap(), 1);
-        let graph = proto.graph.unwrap();
-        let mut left: Vec<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
-        left.sort();
+        let (tables, graph, left) = detach(graph);
+        assert_eq!(tables, 1);
         assert_eq!(
             left,
             ["other", "other.s", "zp", "zp.s"],
