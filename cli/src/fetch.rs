@@ -28,6 +28,7 @@ const PIPELINE: &[(&str, &[u8])] = &[
     ("pipeline/tokenizer.py", include_bytes!("../../models/pipeline/tokenizer.py")),
     ("pipeline/package.py", include_bytes!("../../models/pipeline/package.py")),
     ("pipeline/quant.py", include_bytes!("../../models/pipeline/quant.py")),
+    ("pipeline/probe.py", include_bytes!("../../models/pipeline/probe.py")),
     ("pipeline/prune.py", include_bytes!("../../models/pipeline/prune.py")),
     ("pruning/ffn-keep-1344.json", include_bytes!("../../models/pruning/ffn-keep-1344.json")),
     ("calibration/lm-head-gram.npy", include_bytes!("../../models/calibration/lm-head-gram.npy")),

@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .hparams import HParams
-from .quant import BLOCK, from_q4_1, quantize_q4_1, quantize_q8
+from .quant import BLOCK, from_q4_1, pack_nibbles, quantize_q4_1, quantize_q8
 
 OPSET = 17
 MS_DOMAIN = "com.microsoft"
@@ -117,12 +117,6 @@ def _embedding_8bit(b, codes, scales, ids="input_ids"):
     return b.op("Reshape", [scaled, b.const("emb.rows", np.array([0, 0, k], np.int64))])
 
 
-def _pack_nibbles(codes):
-    """4-bit codes [N, K] (0..15) -> [N, K/2] bytes, element 2i in the low nibble of byte i (the
-    layout of `MatMulNBits` and `GatherBlockQuantized`)."""
-    return (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
-
-
 def _embedding_split(b, head):
     """Token lookup in a split table (`head.py`): ids below `rows_8bit` in the 8-bit rows
     (`_embedding_8bit`), the others in the 4-bit rows by com.microsoft `GatherBlockQuantized`.
@@ -131,7 +125,7 @@ def _embedding_split(b, head):
     low_ids = b.op("Min", ["input_ids", b.const("emb.last_8bit", np.array(head.rows_8bit - 1, np.int64))])
     low = _embedding_8bit(b, head.codes8, head.scales8, low_ids)
     high_ids = b.op("Max", [b.op("Sub", ["input_ids", split]), b.const("emb.first", np.array(0, np.int64))])
-    table = b.const("model.embed_tokens.rare.qweight", _pack_nibbles(head.codes4))
+    table = b.const("model.embed_tokens.rare.qweight", pack_nibbles(head.codes4))
     # Scales as the head's (`_f16_scales`), in GatherBlockQuantized's [rows, K/32] shape.
     half = head.scales4.astype(np.float16)
     assert np.array_equal(half.astype(np.float32), head.scales4), "4-bit head scales are not exact f16 values"
@@ -147,7 +141,7 @@ def _lm_head_split(b, x, head):
     `MatMulNBits`, concatenated along the vocabulary."""
     low = _matmul_8bit(b, x, head.codes8, head.scales8, "lm_head.8bit")
     rows = len(head.codes4)
-    packed = _pack_nibbles(head.codes4).reshape(rows, -1, BLOCK // 2)
+    packed = pack_nibbles(head.codes4).reshape(rows, -1, BLOCK // 2)
     high = _matmul_nbits(b, x, packed, head.scales4, "lm_head.4bit")
     return b.op("Concat", [low, high], name="logits", axis=-1)
 

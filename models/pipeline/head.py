@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .probe import run_windows
 from .quant import BLOCK
 
 # Candidate scales per block: d = w_max / -f for the block's largest-magnitude weight w_max
@@ -89,22 +90,9 @@ def split_head(codes8: np.ndarray, scales8: np.ndarray, rows_8bit: int, gram, da
 def head_inputs_gram(model, hp, windows: list, threads: int = 2) -> np.ndarray:
     """Run `model` (a graph whose `logits` node is the LM head) with onnxruntime on each token
     window (fresh cache, positions from 0); returns `X^T X` [K, K] float64 of the head's inputs."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    hidden = next(n.input[0] for n in probe.graph.node if n.output[0] == "logits")
-    probe.graph.output.append(helper.make_tensor_value_info(hidden, TensorProto.FLOAT, None))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    empty = np.zeros((1, hp.num_kv_heads, 0, hp.head_dim), np.float32)
-    cache = {f"past_key_values.{i}.{kind}": empty for i in range(hp.num_layers) for kind in ("key", "value")}
+    hidden = next(n.input[0] for n in model.graph.node if n.output[0] == "logits")
     gram = np.zeros((hp.hidden_size, hp.hidden_size))
-    for ids in windows:
-        feed = dict(cache, input_ids=np.array([ids], np.int64), position_ids=np.arange(len(ids), dtype=np.int64)[None, :])
-        x = sess.run([hidden], feed)[0].reshape(-1, hp.hidden_size).astype(np.float64)
+    for (x,) in run_windows(model, hp, [hidden], windows, threads):
+        x = x.reshape(-1, hp.hidden_size).astype(np.float64)
         gram += x.T @ x
     return gram

@@ -21,10 +21,9 @@ from dataclasses import replace
 
 import numpy as np
 import onnx
-import onnxruntime as ort
-from onnx import TensorProto, helper
 
 from .hparams import HParams
+from .probe import run_windows
 from .quant import BLOCK
 
 
@@ -37,20 +36,9 @@ def ffn_inputs(model: onnx.ModelProto, num_layers: int) -> list:
 def collect(model: onnx.ModelProto, hp: HParams, windows: list, threads: int = 2) -> np.ndarray:
     """Run the fp32 `model` on each token window (fresh cache, positions from 0); returns every
     layer's per-channel root-mean-square FFN activation, [layers, ffn_size] float64."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    names = ffn_inputs(probe, hp.num_layers)
-    probe.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    empty = np.zeros((1, hp.num_kv_heads, 0, hp.head_dim), np.float32)
-    cache = {f"past_key_values.{i}.{kind}": empty for i in range(hp.num_layers) for kind in ("key", "value")}
     sumsq, tokens = np.zeros((hp.num_layers, hp.ffn_size)), 0
-    for ids in windows:
-        feed = dict(cache, input_ids=np.array([ids], np.int64),
-                    position_ids=np.arange(len(ids), dtype=np.int64)[None, :])
-        for layer, h in enumerate(sess.run(names, feed)):
+    for ids, outputs in zip(windows, run_windows(model, hp, ffn_inputs(model, hp.num_layers), windows, threads)):
+        for layer, h in enumerate(outputs):
             sumsq[layer] += np.square(h.reshape(-1, hp.ffn_size).astype(np.float64)).sum(axis=0)
         tokens += len(ids)
     return np.sqrt(sumsq / tokens)
@@ -113,11 +101,6 @@ def apply(hp: HParams, weights, record: dict):
     return replace(hp, ffn_size=record["keep"]), PrunedWeights(weights, kept)
 
 
-def windows(ids: list, size: int) -> list:
-    """Consecutive non-overlapping windows of `size` tokens (the last may be shorter)."""
-    return [ids[i:i + size] for i in range(0, len(ids), size)]
-
-
 # Attention heads. Grouped-query attention shares each K/V head among `num_heads / num_kv_heads`
 # query heads, and the graph (like every runtime) needs the same count in every group: a head
 # selection keeps `keep_per_group` query heads of each group. Head h's importance is the RMS over
@@ -134,22 +117,11 @@ def o_proj_inputs(model: onnx.ModelProto, num_layers: int) -> list:
 def collect_heads(model: onnx.ModelProto, hp: HParams, weights, windows: list, threads: int = 2) -> np.ndarray:
     """Run the fp32 `model` on each token window (fresh cache); returns each query head's RMS
     contribution to the residual stream, [layers, num_heads] float64."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    names = o_proj_inputs(probe, hp.num_layers)
-    probe.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    empty = np.zeros((1, hp.num_kv_heads, 0, hp.head_dim), np.float32)
-    cache = {f"past_key_values.{i}.{kind}": empty for i in range(hp.num_layers) for kind in ("key", "value")}
     w_o = [weights.layer(i)["o"].astype(np.float64) for i in range(hp.num_layers)]
     d = hp.head_dim
     sumsq, tokens = np.zeros((hp.num_layers, hp.num_heads)), 0
-    for ids in windows:
-        feed = dict(cache, input_ids=np.array([ids], np.int64),
-                    position_ids=np.arange(len(ids), dtype=np.int64)[None, :])
-        for layer, ctx in enumerate(sess.run(names, feed)):
+    for ids, outputs in zip(windows, run_windows(model, hp, o_proj_inputs(model, hp.num_layers), windows, threads)):
+        for layer, ctx in enumerate(outputs):
             ctx = ctx.reshape(-1, hp.num_heads * d).astype(np.float64)
             for h in range(hp.num_heads):
                 out = ctx[:, h * d:(h + 1) * d] @ w_o[layer][:, h * d:(h + 1) * d].T

@@ -51,9 +51,14 @@ def from_q4_1(codes: np.ndarray, d: np.ndarray, m: np.ndarray):
     d * code + m == (code - 8) * d + (m + 8 d). Returns (packed, scales, offsets) with offsets
     float16 [N, K/32] (the only rounding: |m + 8 d| to f16, relative 2^-11)."""
     n, k = codes.shape
-    c = codes.reshape(n, k // BLOCK, BLOCK)
-    packed = (c[:, :, 0::2] | (c[:, :, 1::2] << 4)).astype(np.uint8)
+    packed = pack_nibbles(codes).reshape(n, k // BLOCK, BLOCK // 2)
     return packed, d.astype(np.float32), (m + 8 * d).astype(np.float16)
+
+
+def pack_nibbles(codes: np.ndarray) -> np.ndarray:
+    """4-bit codes [N, K] (0..15) -> [N, K/2] bytes, element 2i in the low nibble of byte i (the
+    layout of `MatMulNBits` and `GatherBlockQuantized`)."""
+    return (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
 
 
 def quantize_q8(w: np.ndarray):

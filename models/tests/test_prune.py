@@ -13,7 +13,8 @@ import onnxruntime as ort
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline.graph import build  # noqa: E402
-from pipeline.prune import apply, apply_heads, collect, collect_heads, head_selection, select, selection, windows  # noqa: E402
+from pipeline.probe import windows  # noqa: E402
+from pipeline.prune import apply, apply_heads, collect, collect_heads, head_selection, select, selection  # noqa: E402
 from tiny import TINY_Q4, RandomWeights  # noqa: E402
 
 HP = replace(TINY_Q4, vocab_size=512)
