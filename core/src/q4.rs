@@ -606,6 +606,7 @@ mod tests {
             (64, 576, 2, true),
             (9, 576, 8, false),
             (3, 1536, 1, false),
+            (67, 576, 1, true),
         ] {
             let (w, dense) = matrix(n, k, offsets, &mut seed);
             let x: Vec<f32> = (0..rows * k).map(|_| (lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0).collect();
@@ -641,14 +642,15 @@ mod tests {
     fn a_row_gives_the_same_bits_alone_or_with_others() {
         let mut seed = 5;
         for k in [96, 576] {
-            let (w, _) = matrix(3, k, true, &mut seed);
+            // Seven weight rows: decode takes two at a time, then the last alone.
+            let (w, _) = matrix(7, k, true, &mut seed);
             let x: Vec<f32> = (0..6 * k).map(|_| (lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0).collect();
-            let mut together = vec![0f32; 6 * 3];
-            w.matmul_rows(&QuantizedRows::quantize(&x, k), 0..3, &mut together, 3);
+            let mut together = vec![0f32; 6 * 7];
+            w.matmul_rows(&QuantizedRows::quantize(&x, k), 0..7, &mut together, 7);
             for (r, row) in x.chunks_exact(k).enumerate() {
-                let mut alone = vec![0f32; 3];
-                w.matmul_rows(&QuantizedRows::quantize(row, k), 0..3, &mut alone, 3);
-                assert_eq!(alone, together[r * 3..][..3], "k {k} row {r}");
+                let mut alone = vec![0f32; 7];
+                w.matmul_rows(&QuantizedRows::quantize(row, k), 0..7, &mut alone, 7);
+                assert_eq!(alone, together[r * 7..][..7], "k {k} row {r}");
             }
         }
     }
