@@ -6,7 +6,9 @@
 
 Reads the token ids, window and stride from pocketlm's JSON, evaluates each window in a fresh
 llama.cpp context with logits for every position, and scores every token once by
-models/windows.py (the rule of pocketlm's core/src/perplexity.rs). Prints one JSON line.
+models/windows.py (the rule of pocketlm's core/src/perplexity.rs). Prints one JSON line; its
+`paired` field compares token by token with pocketlm's `token_nll` (ratio = pocketlm / llama.cpp,
+with a 95% interval).
 """
 import argparse
 import json
@@ -17,7 +19,7 @@ from pathlib import Path
 from llama_cpp import Llama
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "models"))
-from windows import mean_nll  # noqa: E402  (models/ is not a package)
+from windows import paired, token_nll  # noqa: E402  (models/ is not a package)
 
 
 def main():
@@ -37,9 +39,11 @@ def main():
         llm.eval(ids[begin:end])
         return llm.scores[: end - begin]
 
-    nll, scored = mean_nll(ids, window, stride, logits_of)
+    theirs = token_nll(ids, window, stride, logits_of)
+    nll = sum(theirs) / len(theirs)
     print(json.dumps({"runtime": "llama.cpp", "gguf": args.gguf, "perplexity": math.exp(nll),
-                      "mean_nll": nll, "scored_tokens": scored, "window": window, "stride": stride}))
+                      "mean_nll": nll, "scored_tokens": len(theirs), "window": window, "stride": stride,
+                      "paired": paired(ours["token_nll"], theirs)}))
 
 
 if __name__ == "__main__":

@@ -56,16 +56,20 @@ pub fn run(args: PerplexityArgs) -> anyhow::Result<()> {
             "stride": args.stride,
             "perplexity": ppl.perplexity,
             "mean_nll": ppl.mean_nll,
+            "mean_nll_std_error": ppl.std_error,
             "scored_tokens": ppl.scored_tokens,
             "windows": ppl.windows,
             "seconds": seconds,
             "token_ids": ids,
+            "token_nll": ppl.token_nll,
         });
         println!("{out}");
     } else {
+        // A 95% interval of the mean NLL (normal approximation), as perplexities.
+        let (low, high) = ((ppl.mean_nll - 1.96 * ppl.std_error).exp(), (ppl.mean_nll + 1.96 * ppl.std_error).exp());
         println!(
-            "perplexity {:.4} (mean NLL {:.4} nats) over {} tokens in {} windows of {} (stride {}), {:.1} s",
-            ppl.perplexity, ppl.mean_nll, ppl.scored_tokens, ppl.windows, args.window, args.stride, seconds
+            "perplexity {:.4} (95% interval {low:.2}–{high:.2}; mean NLL {:.4} ± {:.4} nats) over {} tokens in {} windows of {} (stride {}), {:.1} s",
+            ppl.perplexity, ppl.mean_nll, ppl.std_error, ppl.scored_tokens, ppl.windows, args.window, args.stride, seconds
         );
     }
     Ok(())

@@ -189,6 +189,14 @@ fn perplexity_json_scores_the_held_out_text() {
     let (ppl, nll) = (v["perplexity"].as_f64().unwrap(), v["mean_nll"].as_f64().unwrap());
     // A random-weight model over a 49152-token vocabulary: far from fluent, but finite.
     assert!(ppl > 1.0 && ppl.is_finite() && (ppl.ln() - nll).abs() < 1e-9, "{v}");
+    // Per-token values for paired comparisons (bench/llama_perplexity.py): their mean is the mean
+    // NLL, their spread gives the standard error.
+    let token_nll: Vec<f64> = v["token_nll"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert_eq!(token_nll.len() as u64, tokens - 1);
+    let mean = token_nll.iter().sum::<f64>() / token_nll.len() as f64;
+    assert!((mean - nll).abs() < 1e-4, "{mean} vs {nll}");
+    let se = v["mean_nll_std_error"].as_f64().unwrap();
+    assert!(se > 0.0 && se < 0.5, "{se}");
     let bad = pocketlm(
         &[&["perplexity", text.to_str().unwrap()][..], &["--model", model.to_str().unwrap(), "--window", "1"][..]]
             .concat(),

@@ -28,10 +28,18 @@ pub struct Perplexity {
     pub perplexity: f64,
     /// Mean negative log-likelihood per scored token (nats).
     pub mean_nll: f64,
+    /// Standard error of `mean_nll`: the sample standard deviation of the per-token values over
+    /// the square root of their count (0 with one token). Two models scored on the same text are
+    /// compared more tightly by the standard error of their per-token differences
+    /// ([`Perplexity::token_nll`]).
+    pub std_error: f64,
     /// Tokens scored (all but the first).
     pub scored_tokens: usize,
     /// Windows evaluated.
     pub windows: usize,
+    /// Negative log-likelihood of each scored token (nats), in text order: `token_nll[i]` is
+    /// that of `ids[i + 1]`.
+    pub token_nll: Vec<f32>,
 }
 
 /// Perplexity of `ids` on `session`'s model (loaded with `all_logits`). The session is reset
@@ -54,25 +62,25 @@ pub fn perplexity(
     if ids.len() < 2 {
         return Err(Error::param("text", format!("{} token(s): at least 2 are needed", ids.len())));
     }
-    let (mut nll, mut scored, mut windows) = (0f64, 0usize, 0usize);
+    let (mut token_nll, mut windows) = (Vec::with_capacity(ids.len() - 1), 0usize);
     let (mut begin, mut done) = (0usize, 1usize); // ids[..done] are scored (ids[0] never is)
     loop {
         let end = (begin + window).min(ids.len());
         session.reset()?;
         let Some(scores) = session.score(&ids[begin..end], cancel)? else { return Ok(None) };
         // scores[j] is the log-probability of ids[begin + j + 1].
-        for target in done.max(begin + 1)..end {
-            nll -= scores[target - begin - 1] as f64;
-            scored += 1;
-        }
+        token_nll.extend(scores[done.max(begin + 1) - begin - 1..end - begin - 1].iter().map(|s| -s));
         done = end;
         windows += 1;
-        on_window(scored, ids.len() - 1);
+        on_window(token_nll.len(), ids.len() - 1);
         if end == ids.len() {
             break;
         }
         begin += stride;
     }
-    let mean_nll = nll / scored as f64;
-    Ok(Some(Perplexity { perplexity: mean_nll.exp(), mean_nll, scored_tokens: scored, windows }))
+    let scored = token_nll.len();
+    let mean_nll = token_nll.iter().map(|&v| v as f64).sum::<f64>() / scored as f64;
+    let variance = token_nll.iter().map(|&v| (v as f64 - mean_nll).powi(2)).sum::<f64>() / (scored.max(2) - 1) as f64;
+    let std_error = (variance / scored as f64).sqrt();
+    Ok(Some(Perplexity { perplexity: mean_nll.exp(), mean_nll, std_error, scored_tokens: scored, windows, token_nll }))
 }

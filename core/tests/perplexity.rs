@@ -67,14 +67,14 @@ fn sliding_windows_score_every_token_once_with_carried_context() {
     let mut reference = tiny.session(SessionOptions::default()).unwrap();
     let (window, stride) = (8, 3);
     // Expected: each target t is scored in the first window [b, b + 8) with t in (b, b + 8), b = 3j.
-    let mut nll = 0f64;
+    let mut expected = Vec::new();
     let (mut begin, mut done) = (0, 1);
     let mut windows = 0;
     loop {
         let end = (begin + window).min(n);
         let s = reference_scores(&mut reference, &ids[begin..end]);
         for t in done.max(begin + 1)..end {
-            nll -= s[t - begin - 1];
+            expected.push(-s[t - begin - 1]);
         }
         windows += 1;
         done = end;
@@ -90,8 +90,16 @@ fn sliding_windows_score_every_token_once_with_carried_context() {
     })
     .unwrap()
     .unwrap();
-    assert_eq!((p.scored_tokens, p.windows), (n - 1, windows));
-    assert!((p.mean_nll - nll / (n - 1) as f64).abs() < 1e-4);
+    assert_eq!((p.scored_tokens, p.windows, p.token_nll.len()), (n - 1, windows, n - 1));
+    for (i, (got, want)) in p.token_nll.iter().zip(&expected).enumerate() {
+        assert!((*got as f64 - want).abs() < 1e-3, "token {}: {got} vs {want}", i + 1);
+    }
+    let mean = expected.iter().sum::<f64>() / (n - 1) as f64;
+    assert!((p.mean_nll - mean).abs() < 1e-4);
+    // The standard error of the mean, from the per-token spread.
+    let variance = expected.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 2) as f64;
+    let std_error = (variance / (n - 1) as f64).sqrt();
+    assert!(std_error > 0.0 && (p.std_error - std_error).abs() < 1e-3 * std_error, "{} vs {std_error}", p.std_error);
     assert_eq!(reports.len(), windows);
     assert_eq!(*reports.last().unwrap(), (n - 1, n - 1));
     assert!(reports.windows(2).all(|w| w[0].0 < w[1].0), "progress grows: {reports:?}");
