@@ -6,7 +6,7 @@
 `--weights` names a format of models/manifest.json's `formats`: a quantization, optionally an FFN
 pruning selection (a file under models/pruning/, made by models/prune.py; pipeline/prune.py), and
 optionally a split LM head (`head`: its 8-bit rows, the Gram matrix under models/calibration/ made
-by models/head_gram.py, GPTQ damping; pipeline/head.py).
+by models/head_gram.py, GPTQ damping, the rank of the 4-bit rows' low-rank part; pipeline/head.py).
 Every input and output is checked against the manifest; `--ffn-selection` overrides a format's
 selection for experiments, whose outputs are then not checked. Progress goes to stdout as
 `PROGRESS <done> <total> <what>` lines (the CLI draws them as a bar).
@@ -103,7 +103,8 @@ def main():
             spec = fmt["head"]
             gram_path = os.path.join(HERE, spec["gram"])
             progress(2, total, "split the LM head (GPTQ)")
-            head = split_head(*weights.q8("token_embd.weight"), spec["rows_8bit"], np.load(gram_path), spec["damp"])
+            head = split_head(*weights.q8("token_embd.weight"), spec["rows_8bit"], np.load(gram_path), spec["damp"],
+                              spec.get("rank", 0))
             provenance["head"] = dict(spec, gram_sha256=sha256_file(gram_path))
         model = build(hp, weights, lm_head=lm_head, quant=fmt["quant"], head=head)
         progress(total - 2, total, "write model")

@@ -6,8 +6,8 @@
 
 The q4 one is wider (hidden 64, FFN 128: 4-bit blocks are 32 wide) and runs the quantized path:
 4-bit linear layers with block offsets, and the default model's split embedding / LM head
-(pipeline/head.py): the first 16 384 token rows 8-bit, the rest 4-bit (rounded to nearest: random
-weights have no calibration).
+(pipeline/head.py): the first 16 384 token rows 8-bit, the rest a rank-8 low-rank part plus 4-bit
+(rounded to nearest: random weights have no calibration).
 
 Committed in the repo so unit tests need no download. Deterministic: same inputs, same bytes.
 """
@@ -34,6 +34,7 @@ TINY = HParams(num_layers=2, hidden_size=16, num_heads=2, num_kv_heads=1, head_d
 TINY_Q4 = HParams(num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16, ffn_size=128,
                   vocab_size=49152, rope_theta=100000.0, rms_eps=1e-5, context_length=256)
 TINY_ROWS_8BIT = 16384  # the tiny q4 model's split head: as the default (pipeline/head.py), smaller
+TINY_RANK = 8  # and its low-rank part, as the default's
 
 
 class RandomWeights:
@@ -92,7 +93,7 @@ def main():
         name = next(n for n in z.namelist() if n.endswith(".gguf"))
         vocab = GgufVocab(gguf.GGUFReader(z.extract(name, tmp)))
     weights = RandomWeights(hp, args.seed)
-    head = split_head(*weights.q8("token_embd.weight"), TINY_ROWS_8BIT, None, 0.0) if args.quant == "q4" else None
+    head = split_head(*weights.q8("token_embd.weight"), TINY_ROWS_8BIT, None, 0.0, TINY_RANK) if args.quant == "q4" else None
     model = build(hp, weights, quant=args.quant, head=head)
     write_model_dir(args.out, "tiny-random-llama", hp, model, tokenizer_json(vocab), vocab.chat_template,
                     sorted({vocab.eos_id, 0}), {"seed": args.seed, "weights": args.quant},

@@ -1,5 +1,6 @@
 //! Load-time rewrites of the typed decoder graph that make tract run it faster.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
@@ -7,6 +8,7 @@ use tract_onnx::tract_core::internal::{bail, ensure, TractErrorContext};
 use tract_onnx::tract_core::ops::array::{Gather, Slice, TypedConcat};
 use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
+use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::konst::Const;
 
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
@@ -102,8 +104,10 @@ pub fn fuse_attention(model: &mut TypedModel, config: &ModelConfig) -> TractResu
 
 /// Makes the LM head run on the last position only: a slice on its hidden-state input. Generation
 /// needs just the next-token logits, and computing the others costs a fifth of prefill and a
-/// `[sequence, vocab]` buffer (50 MB for a 256-token chunk). A split head (the logits a `Concat`
-/// of heads reading the same hidden state) has every part sliced.
+/// `[sequence, vocab]` buffer (50 MB for a 256-token chunk). The head is every node between the
+/// hidden state (the input of the logits' first matrix product) and the logits, each wired again
+/// on the sliced hidden state: one product, or a split head (a `Concat` of parts, a part possibly
+/// the sum of a product and a low-rank product). Only position-wise ops may be among them.
 pub fn last_position_logits(model: &mut TypedModel, logits: &str) -> TractResult<()> {
     let index = model
         .outputs
@@ -112,37 +116,66 @@ pub fn last_position_logits(model: &mut TypedModel, logits: &str) -> TractResult
         .with_context(|| format!("no output {logits}"))?;
     let output = model.outputs[index];
     let out_node = model.node(output.node);
-    let concat = out_node.op_as::<TypedConcat>().is_some();
-    let heads: Vec<usize> = if concat { out_node.inputs.iter().map(|o| o.node).collect() } else { vec![out_node.id] };
-    let hidden = model.node(heads[0]).inputs[0];
-    ensure!(
-        heads.iter().all(|&h| model.node(h).inputs.first() == Some(&hidden)),
-        "the parts of the LM head do not read the same hidden state"
-    );
+    let first = if out_node.op_is::<TypedConcat>() { out_node.inputs[0].node } else { out_node.id };
+    let hidden = *model.node(first).inputs.first().context("LM head without inputs")?;
     let fact = model.outlet_fact(hidden)?;
     ensure!(fact.rank() == 3, "LM head input has shape {:?}, expected [batch, sequence, hidden]", fact.shape);
     let seq = fact.shape[1].clone();
+    let head = head_nodes(model, hidden, output.node)?;
     let mut patch = TypedModelPatch::new("last-position logits");
     let tapped = patch.tap_model(model, hidden)?;
     let last = patch.wire_node(format!("{}.last", out_node.name), Slice::new(1, seq.clone() - 1, seq), &[tapped])?[0];
-    let mut parts = tvec![];
-    for &h in &heads {
-        let head = model.node(h);
-        let mut inputs = tvec![last];
-        for input in &head.inputs[1..] {
-            inputs.push(patch.tap_model(model, *input)?);
+    let mut wired: HashMap<OutletId, OutletId> = HashMap::from([(hidden, last)]);
+    for id in head {
+        let node = model.node(id);
+        let mut inputs = tvec![];
+        for input in &node.inputs {
+            inputs.push(match wired.get(input) {
+                Some(outlet) => *outlet,
+                None => patch.tap_model(model, *input)?,
+            });
         }
-        parts.push(patch.wire_node(format!("{}.sliced", head.name), head.op.clone(), &inputs)?[0]);
+        let outputs = patch.wire_node(format!("{}.sliced", node.name), node.op.clone(), &inputs)?;
+        for (slot, outlet) in outputs.into_iter().enumerate() {
+            wired.insert(OutletId::new(id, slot), outlet);
+        }
     }
-    let sliced = if concat {
-        patch.wire_node(format!("{}.sliced", out_node.name), out_node.op.clone(), &parts)?[0]
-    } else {
-        parts[0]
-    };
-    patch.shunt_outside(model, output, sliced)?;
+    patch.shunt_outside(model, output, wired[&output])?;
     patch.apply(model)?;
     // The patch rewired the model output in place; keep its name.
     model.set_outlet_label(model.outputs[index], logits.to_string())
+}
+
+/// The nodes, in evaluation order, that read `hidden` (directly or not) and that `end` depends on
+/// (`end` included): the LM head. Each must compute every position on its own (matrix products,
+/// element-wise ops, concatenation along the vocabulary), so that slicing its input slices it.
+fn head_nodes(model: &TypedModel, hidden: OutletId, end: usize) -> TractResult<Vec<usize>> {
+    let mut reads_hidden = HashSet::new();
+    let mut todo: Vec<usize> = model.outlet_successors(hidden).iter().map(|i| i.node).collect();
+    while let Some(id) = todo.pop() {
+        if reads_hidden.insert(id) {
+            todo.extend(model.node(id).outputs.iter().flat_map(|o| o.successors.iter().map(|i| i.node)));
+        }
+    }
+    let mut feeds_end = HashSet::new();
+    let mut todo = vec![end];
+    while let Some(id) = todo.pop() {
+        if feeds_end.insert(id) {
+            todo.extend(model.node(id).inputs.iter().map(|o| o.node));
+        }
+    }
+    let head: Vec<usize> =
+        model.eval_order()?.into_iter().filter(|id| reads_hidden.contains(id) && feeds_end.contains(id)).collect();
+    ensure!(head.contains(&end), "the logits do not depend on the LM head's input");
+    for &id in &head {
+        let op = &model.node(id).op;
+        let position_wise = op.downcast_ref::<QLinear>().is_some()
+            || op.downcast_ref::<EinSum>().is_some()
+            || op.downcast_ref::<TypedBinOp>().is_some()
+            || op.downcast_ref::<TypedConcat>().is_some_and(|c| c.axis == 2);
+        ensure!(position_wise, "LM head node {} ({}) may mix positions", model.node(id).name, op.name());
+    }
+    Ok(head)
 }
 
 /// Gives every extra consumer of a shared constant its own `Const` node (the tensor data stays

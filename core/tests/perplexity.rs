@@ -46,6 +46,22 @@ fn score_matches_decode_step_log_probabilities_across_chunks() {
 }
 
 #[test]
+fn last_position_logits_of_the_split_head_match_all_positions() {
+    // tiny-q4's head is split, its 4-bit rows with a low-rank part: decoding slices every part of
+    // it to the last position (rewrite::last_position_logits), scoring runs it on every position.
+    let ids = ids();
+    let dir = common::tiny_q4_dir();
+    let decoding = Model::load(&dir, &ModelOptions { threads: 1, all_logits: false }).unwrap();
+    let expected = reference_scores(&mut decoding.session(SessionOptions::default()).unwrap(), &ids);
+    let scoring = Model::load(&dir, &ModelOptions { threads: 1, all_logits: true }).unwrap();
+    let mut session = scoring.session(SessionOptions { prefill_chunk: 5, ..Default::default() }).unwrap();
+    let scores = session.score(&ids, &CancelToken::new()).unwrap().unwrap();
+    for (i, (s, e)) in scores.iter().zip(&expected).enumerate() {
+        assert!((*s as f64 - e).abs() < 1e-4, "token {i}: score {s} vs decode {e}");
+    }
+}
+
+#[test]
 fn perplexity_with_whole_window_is_exp_of_mean_nll() {
     let ids = ids();
     let tiny = common::tiny();

@@ -28,6 +28,7 @@ class _Builder:
 
     def __init__(self, quant):
         self.nodes, self.inits, self._n, self.quant = [], [], 0, quant
+        self.cache = {}  # nodes made once and read by several parts of the graph
 
     def const(self, name, array):
         self.inits.append(numpy_helper.from_array(np.asarray(array), name))
@@ -132,17 +133,39 @@ def _embedding_split(b, head):
     scales = b.op("Cast", [b.const("model.embed_tokens.rare.scales", half)], to=TensorProto.FLOAT)
     high = b.op("GatherBlockQuantized", [table, high_ids, scales], domain=MS_DOMAIN, gather_axis=0, quantize_axis=1,
                 block_size=BLOCK, bits=4)
+    if head.low_a is not None:
+        # Plus the row's low-rank part: its row of A times B (the head's factors, `_low_rank`).
+        a, b_ = _low_rank(b, head)
+        high = b.op("Add", [high, b.op("MatMul", [b.op("Gather", [a, high_ids], axis=0), b_])])
     is_low = b.op("Unsqueeze", [b.op("Less", ["input_ids", split]), b.const("emb.axis", np.array([-1], np.int64))])
     return b.op("Where", [is_low, low, high])
 
 
+def _low_rank(b, head):
+    """The split head's low-rank factors A [rows, r] and B [r, K] as f32 (stored as f16, once for
+    the lookup and the head; a `Cast` each, made once per graph)."""
+    if "lm_head.low_rank" not in b.cache:
+        factors = []
+        for name, f in (("lm_head.low_rank.a", head.low_a), ("lm_head.low_rank.b", head.low_b)):
+            half = f.astype(np.float16)
+            assert np.array_equal(half.astype(np.float32), f), f"{name}: not exact f16 values"
+            factors.append(b.op("Cast", [b.const(name, half)], to=TensorProto.FLOAT))
+        b.cache["lm_head.low_rank"] = tuple(factors)
+    return b.cache["lm_head.low_rank"]
+
+
 def _lm_head_split(b, x, head):
     """Logits of a split head (`head.py`): the 8-bit rows and the 4-bit rows as two
-    `MatMulNBits`, concatenated along the vocabulary."""
+    `MatMulNBits`, concatenated along the vocabulary; with a low-rank part, the 4-bit rows'
+    logits plus `(x Bᵀ) Aᵀ`."""
     low = _matmul_8bit(b, x, head.codes8, head.scales8, "lm_head.8bit")
     rows = len(head.codes4)
     packed = pack_nibbles(head.codes4).reshape(rows, -1, BLOCK // 2)
     high = _matmul_nbits(b, x, packed, head.scales4, "lm_head.4bit")
+    if head.low_a is not None:
+        a, b_ = _low_rank(b, head)
+        xb = b.op("MatMul", [x, b.op("Transpose", [b_], perm=[1, 0])])
+        high = b.op("Add", [high, b.op("MatMul", [xb, b.op("Transpose", [a], perm=[1, 0])])])
     return b.op("Concat", [low, high], name="logits", axis=-1)
 
 
