@@ -24,7 +24,8 @@ pub struct ModelArgs {
     /// Prompt tokens evaluated per step during prefill (bounds memory).
     #[arg(long, default_value_t = pocketlm::SessionOptions::default().prefill_chunk)]
     pub prefill_chunk: usize,
-    /// KV cache precision: f16 (half the memory) or f32 (exactly the ONNX graph's arithmetic).
+    /// KV cache precision: f16 (half the memory of f32), f32 (exactly the ONNX graph's
+    /// arithmetic) or q8 (int8, about half the memory of f16).
     #[arg(long, value_enum, default_value_t = KvCache::F16)]
     pub kv_cache: KvCache,
 }
@@ -36,6 +37,8 @@ pub enum KvCache {
     F16,
     /// Single precision.
     F32,
+    /// 8-bit, one scale per position and head (about half the memory of f16).
+    Q8,
 }
 
 impl ModelArgs {
@@ -44,6 +47,7 @@ impl ModelArgs {
         match self.kv_cache {
             KvCache::F16 => pocketlm::KvPrecision::F16,
             KvCache::F32 => pocketlm::KvPrecision::F32,
+            KvCache::Q8 => pocketlm::KvPrecision::Q8,
         }
     }
 }

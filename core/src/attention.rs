@@ -214,10 +214,7 @@ impl DecodePass<'_> {
     /// row `r` sees the first `visible[r]` positions.
     fn head(&self, q: &[f32], keys: Head, values: Head, out: &mut [f32]) {
         let rows = q.len() / self.dim;
-        let total = match keys {
-            Head::F32(k) => k.len(),
-            Head::F16(k) => k.len(),
-        } / self.dim;
+        let total = keys.len() / self.dim;
         PROBS.with_borrow_mut(|probs| {
             probs.clear();
             probs.resize(rows * total, 0.0);
@@ -247,15 +244,26 @@ impl DecodePass<'_> {
         match keys {
             Head::F32(k) => unsafe { scores(q, k, rows, dim, probs) },
             Head::F16(k) => unsafe { scores(q, k, rows, dim, probs) },
+            Head::Q8 { codes, scales } => {
+                unsafe { scores(q, codes, rows, dim, probs) };
+                // Each position's scale, applied to its scores rather than to every key value.
+                scale_positions(probs, scales);
+            }
         }
         softmax_rows(probs, total, self.visible, self.softmax);
         match values {
             Head::F32(v) => unsafe { mix(probs, v, rows, dim, out) },
             Head::F16(v) => unsafe { mix(probs, v, rows, dim, out) },
+            Head::Q8 { codes, scales } => {
+                // And to the probabilities that weight each value row.
+                scale_positions(probs, scales);
+                unsafe { mix(probs, codes, rows, dim, out) }
+            }
         }
     }
 
-    /// [`Self::head`] in portable code, one position at a time (f16 widened through a small buffer).
+    /// [`Self::head`] in portable code, one position at a time (f16 and int8 widened through a
+    /// small buffer).
     fn portable_head(&self, q: &[f32], keys: Head, values: Head, probs: &mut [f32], out: &mut [f32]) {
         let (dim, visible, (rows, total)) = (self.dim, self.visible, self.shape(q, probs));
         let mut position = vec![0f32; dim];
@@ -279,6 +287,14 @@ impl DecodePass<'_> {
     }
 }
 
+/// Multiplies column `j` of every `scales.len()`-long row of `m` by `scales[j]`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // the x86 kernels' int8 path
+fn scale_positions(m: &mut [f32], scales: &[f32]) {
+    for row in m.chunks_exact_mut(scales.len().max(1)) {
+        row.iter_mut().zip(scales).for_each(|(x, s)| *x *= s);
+    }
+}
+
 /// Softmax of each `total`-long row of `scores` over its first `visible[r]` values.
 fn softmax_rows(scores: &mut [f32], total: usize, visible: &[usize], softmax: &Softmax) {
     for (r, row) in scores.chunks_exact_mut(total.max(1)).enumerate() {
@@ -293,6 +309,12 @@ fn read<'a>(head: Head<'a>, j: usize, out: &'a mut [f32]) -> &'a [f32] {
         Head::F32(v) => &v[j * dim..][..dim],
         Head::F16(v) => {
             v[j * dim..][..dim].convert_to_f32_slice(out);
+            out
+        }
+        Head::Q8 { codes, scales } => {
+            for (o, &c) in out.iter_mut().zip(&codes[j * dim..][..dim]) {
+                *o = c as f32 * scales[j];
+            }
             out
         }
     }
@@ -423,12 +445,15 @@ mod tests {
     fn matches_reference_for_decode_and_prefill_rows_with_a_cache_offset() {
         let ctx = EvalContext::out_of_plan();
         // dim 8: the portable decode kernel; 64: the x86 one where the CPU has it. f16 caches
-        // round keys and values to 11 significant bits.
+        // round keys and values to 11 significant bits, int8 ones to 1/254 of each position's
+        // largest value (here up to 1: 0.004).
         for (dim, precision, tolerance) in [
             (8, KvPrecision::F32, 1e-5),
             (64, KvPrecision::F32, 1e-5),
             (8, KvPrecision::F16, 2e-3),
             (64, KvPrecision::F16, 2e-3),
+            (8, KvPrecision::Q8, 1e-2),
+            (64, KvPrecision::Q8, 1e-2),
         ] {
             let scale = 1.0 / (dim as f64).sqrt();
             let op = CachedAttention { scale_bits: (scale as f32).to_bits() };
@@ -468,9 +493,13 @@ mod tests {
                         "dim {dim} {precision:?} seq {seq} past {past} at {i}: {g} vs {w}"
                     );
                 }
-                let element = if precision == KvPrecision::F32 { 4 } else { 2 };
+                let position = match precision {
+                    KvPrecision::F32 => 4 * dim,
+                    KvPrecision::F16 => 2 * dim,
+                    KvPrecision::Q8 => dim + 4,
+                };
                 let cache = state.downcast_ref::<LayerCache>().unwrap();
-                assert_eq!(cache.bytes(), 2 * total * heads * dim * element, "keys and values of every position");
+                assert_eq!(cache.bytes(), 2 * total * heads * position, "keys and values of every position");
             }
         }
     }

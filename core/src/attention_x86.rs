@@ -1,5 +1,5 @@
 //! Decode attention on x86 (AVX2, FMA, F16C) for one KV head: a few query rows against the head's
-//! contiguous `[positions][dim]` keys and values (f32 or f16), streamed in order. Each key is
+//! contiguous `[positions][dim]` keys and values (f32, f16 or int8), streamed in order. Each key is
 //! loaded (and widened) once for up to four query rows; each value row once per query row, into
 //! eight accumulators held in registers.
 
@@ -12,7 +12,8 @@ use crate::simd_x86::hsum;
 /// Query rows that share one pass over the keys.
 const GROUP: usize = 4;
 
-/// A KV cache element the kernels load eight at a time as f32.
+/// A KV cache element the kernels load eight at a time as f32 (int8 codes unscaled: the caller
+/// applies each position's scale).
 pub(crate) trait Lanes: Copy {
     /// Eight values from `p` as f32.
     ///
@@ -25,6 +26,13 @@ impl Lanes for f32 {
     #[inline(always)]
     unsafe fn load8(p: *const Self) -> __m256 {
         _mm256_loadu_ps(p)
+    }
+}
+
+impl Lanes for i8 {
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)))
     }
 }
 
