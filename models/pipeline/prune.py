@@ -62,30 +62,30 @@ def selection(rms: np.ndarray, keep: int) -> dict:
 
 
 class PrunedWeights:
-    """A weights provider (see `weights.GgufWeights`) whose FFN blocks keep only chosen channels.
+    """A weights provider (see `weights.GgufWeights`) whose layers keep only chosen channels:
+    matrices in `rows_of` keep those output rows, selected from the source's own blocks (4-bit
+    blocks run along the input axis, so they stay exact); `cols_of`, which loses input columns, is
+    provided in fp32 only and quantized afresh by the graph builder. FFN pruning selects gate/up
+    rows and down columns, head pruning q rows and o columns."""
 
-    Gate and up rows are selected from the source's own blocks (4-bit blocks run along the input
-    axis, so they stay exact); the down projection, which loses input columns, is provided in
-    fp32 and quantized afresh by the graph builder."""
-
-    def __init__(self, source, kept: list):
-        self._source, self._kept = source, kept
+    def __init__(self, source, kept: list, rows_of: tuple, cols_of: str):
+        self._source, self._kept, self._rows_of, self._cols_of = source, kept, rows_of, cols_of
 
     def __getattr__(self, name):
         return getattr(self._source, name)
 
     def layer(self, i: int) -> dict:
-        w = self._source.layer(i)
-        k = self._kept[i]
-        w["gate"], w["up"], w["down"] = w["gate"][k], w["up"][k], w["down"][:, k]
+        w, k = self._source.layer(i), self._kept[i]
+        for name in self._rows_of:
+            w[name] = w[name][k]
+        w[self._cols_of] = w[self._cols_of][:, k]
         return w
 
     def layer_q4_1(self, i: int) -> dict:
-        w = self._source.layer_q4_1(i)
-        k = self._kept[i]
-        w["gate"] = tuple(a[k] for a in w["gate"])
-        w["up"] = tuple(a[k] for a in w["up"])
-        del w["down"]  # columns removed: blocks along K change, so it is re-quantized from fp32
+        w, k = self._source.layer_q4_1(i), self._kept[i]
+        for name in self._rows_of:
+            w[name] = tuple(a[k] for a in w[name])
+        del w[self._cols_of]  # columns removed: blocks along K change, so it is re-quantized from fp32
         return w
 
 
@@ -98,7 +98,7 @@ def apply(hp: HParams, weights, record: dict):
     sizes = {len(k) for k in kept}
     if sizes != {record["keep"]}:
         raise ValueError(f"selection keeps {sorted(sizes)} channels per layer, expected {record['keep']}")
-    return replace(hp, ffn_size=record["keep"]), PrunedWeights(weights, kept)
+    return replace(hp, ffn_size=record["keep"]), PrunedWeights(weights, kept, ("gate", "up"), "down")
 
 
 # Attention heads. Grouped-query attention shares each K/V head among `num_heads / num_kv_heads`
@@ -145,31 +145,8 @@ def head_selection(rms: np.ndarray, num_kv_heads: int, keep_per_group: int) -> d
             "kept_score_share": [round(float(np.delete(s, p).sum() / s.sum()), 4) for s, p in zip(rms, pruned)]}
 
 
-class HeadPrunedWeights:
-    """A weights provider whose attention keeps only chosen query heads: q loses their rows (the
-    source's own blocks, exact), o its columns (re-quantized from fp32 by the graph builder)."""
-
-    def __init__(self, source, rows: list):
-        self._source, self._rows = source, rows
-
-    def __getattr__(self, name):
-        return getattr(self._source, name)
-
-    def layer(self, i: int) -> dict:
-        w = self._source.layer(i)
-        r = self._rows[i]
-        w["q"], w["o"] = w["q"][r], w["o"][:, r]
-        return w
-
-    def layer_q4_1(self, i: int) -> dict:
-        w = self._source.layer_q4_1(i)
-        w["q"] = tuple(a[self._rows[i]] for a in w["q"])
-        del w["o"]  # columns removed: blocks along K change, so it is re-quantized from fp32
-        return w
-
-
 def apply_heads(hp: HParams, weights, record: dict):
-    """(HParams with fewer query heads, HeadPrunedWeights) for a head selection made for `hp`."""
+    """(HParams with fewer query heads, PrunedWeights) for a head selection made for `hp`."""
     if (record["num_heads"], record["num_kv_heads"]) != (hp.num_heads, hp.num_kv_heads) or \
             len(record["pruned"]) != hp.num_layers:
         raise ValueError("head selection is for another model shape")
@@ -181,4 +158,4 @@ def apply_heads(hp: HParams, weights, record: dict):
         if len(kept) != keep:
             raise ValueError(f"head selection keeps {len(kept)} heads in a layer, expected {keep}")
         rows.append(np.concatenate([np.arange(h * d, (h + 1) * d) for h in kept]))
-    return replace(hp, num_heads=keep), HeadPrunedWeights(weights, rows)
+    return replace(hp, num_heads=keep), PrunedWeights(weights, rows, ("q",), "o")
