@@ -39,6 +39,16 @@ typedef enum PocketlmFinishReason {
   POCKETLM_FINISH_REASON_CANCELLED = 4,
 } PocketlmFinishReason;
 
+// Element type of each conversation's KV cache (`pocketlm_model_load`'s `kv_cache`).
+typedef enum PocketlmKvCache {
+  // Half precision (the default): 23 KB per token of context for the default model.
+  POCKETLM_KV_CACHE_F16 = 0,
+  // Single precision: exactly the graph's arithmetic, twice f16's memory.
+  POCKETLM_KV_CACHE_F32 = 1,
+  // int8 with one scale per position and head: about half f16's memory.
+  POCKETLM_KV_CACHE_Q8 = 2,
+} PocketlmKvCache;
+
 // A cancellation flag, shareable between threads (opaque).
 typedef struct PocketlmCancel PocketlmCancel;
 
@@ -82,13 +92,15 @@ extern "C" {
 struct PocketlmParams pocketlm_params_default(void);
 
 // Loads and verifies a model directory. `threads` 0 = this device's cores (at most 4);
-// `context_size` 0 = the model's context. Returns NULL on failure.
+// `context_size` 0 = the model's context; `kv_cache` a `PocketlmKvCache` value (anything else
+// is `POCKETLM_INVALID_INPUT`). Returns NULL on failure.
 //
 // # Safety
 // `model_dir` is NULL or a NUL-terminated string; `error` is NULL or points to writable storage.
 struct PocketlmModel *pocketlm_model_load(const char *model_dir,
                                           uint32_t threads,
                                           uint32_t context_size,
+                                          uint32_t kv_cache,
                                           struct PocketlmError **error);
 
 // Frees a model (NULL is ignored). Generations running on it must have returned.

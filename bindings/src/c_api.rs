@@ -15,7 +15,7 @@ use pocketlm::CancelToken;
 
 use crate::error::{guarded, PocketError};
 use crate::model::PocketModel;
-use crate::records::{Completion, FinishReason, GenerationParams, LoadOptions};
+use crate::records::{Completion, FinishReason, GenerationParams, KvCache, LoadOptions};
 
 /// Result of a call.
 #[repr(C)]
@@ -49,6 +49,30 @@ pub enum PocketlmFinishReason {
     ContextFull = 3,
     /// Cancelled through a `PocketlmCancel`.
     Cancelled = 4,
+}
+
+/// Element type of each conversation's KV cache (`pocketlm_model_load`'s `kv_cache`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PocketlmKvCache {
+    /// Half precision (the default): 23 KB per token of context for the default model.
+    F16 = 0,
+    /// Single precision: exactly the graph's arithmetic, twice f16's memory.
+    F32 = 1,
+    /// int8 with one scale per position and head: about half f16's memory.
+    Q8 = 2,
+}
+
+impl PocketlmKvCache {
+    /// The value a C caller passed, if it is one of the enum's.
+    fn from_raw(raw: u32) -> Result<KvCache, PocketError> {
+        Ok(match raw {
+            x if x == Self::F16 as u32 => KvCache::F16,
+            x if x == Self::F32 as u32 => KvCache::F32,
+            x if x == Self::Q8 as u32 => KvCache::Q8,
+            other => return Err(PocketError::input(format!("kv_cache {other} is not a PocketlmKvCache"))),
+        })
+    }
 }
 
 /// Generation parameters; start from `pocketlm_params_default()`.
@@ -151,7 +175,8 @@ pub extern "C" fn pocketlm_params_default() -> PocketlmParams {
 }
 
 /// Loads and verifies a model directory. `threads` 0 = this device's cores (at most 4);
-/// `context_size` 0 = the model's context. Returns NULL on failure.
+/// `context_size` 0 = the model's context; `kv_cache` a `PocketlmKvCache` value (anything else
+/// is `POCKETLM_INVALID_INPUT`). Returns NULL on failure.
 ///
 /// # Safety
 /// `model_dir` is NULL or a NUL-terminated string; `error` is NULL or points to writable storage.
@@ -160,11 +185,13 @@ pub unsafe extern "C" fn pocketlm_model_load(
     model_dir: *const c_char,
     threads: u32,
     context_size: u32,
+    kv_cache: u32,
     error: *mut *mut PocketlmError,
 ) -> *mut PocketlmModel {
     let loaded = guarded(|| {
         let model_dir = text(model_dir, "model_dir")?.to_string();
-        PocketModel::load(LoadOptions { model_dir, threads, context_size })
+        let kv_cache = PocketlmKvCache::from_raw(kv_cache)?;
+        PocketModel::load(LoadOptions { model_dir, threads, context_size, kv_cache: Some(kv_cache) })
     });
     match loaded {
         Ok(m) => Box::into_raw(Box::new(PocketlmModel(m))),

@@ -72,4 +72,9 @@ impl ChatSession {
     pub fn token_count(&self) -> u32 {
         self.lock().session().token_count() as u32
     }
+
+    /// Bytes this conversation's KV cache holds (grows with its tokens; see `KvCache`).
+    pub fn cache_bytes(&self) -> u64 {
+        self.lock().session().cache_bytes() as u64
+    }
 }

@@ -19,7 +19,7 @@ mod stream;
 pub use chat::ChatSession;
 pub use error::PocketError;
 pub use model::PocketModel;
-pub use records::{ChatMessage, ChatRole, Completion, FinishReason, GenerationParams, LoadOptions, ModelInfo};
+pub use records::{ChatMessage, ChatRole, Completion, FinishReason, GenerationParams, KvCache, LoadOptions, ModelInfo};
 pub use stream::{GenerationHandle, GenerationListener};
 
 uniffi::setup_scaffolding!("pocketlm");

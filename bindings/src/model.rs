@@ -6,7 +6,7 @@ use pocketlm::{CancelToken, GenerateParams, Message, Model, ModelOptions, Role, 
 
 use crate::chat::ChatSession;
 use crate::error::{guarded, PocketError};
-use crate::records::{Completion, GenerationParams, LoadOptions, ModelInfo};
+use crate::records::{Completion, GenerationParams, KvCache, LoadOptions, ModelInfo};
 use crate::stream::{run_blocking, spawn, GenerationHandle, GenerationListener};
 
 /// A loaded, verified model. Thread-safe: share one per app; every call runs on its own session.
@@ -14,6 +14,7 @@ use crate::stream::{run_blocking, spawn, GenerationHandle, GenerationListener};
 pub struct PocketModel {
     model: Arc<Model>,
     context_size: usize,
+    kv_cache: KvCache,
 }
 
 #[uniffi::export]
@@ -40,7 +41,7 @@ impl PocketModel {
                 }
                 n => n,
             };
-            Ok(Arc::new(PocketModel { model, context_size }))
+            Ok(Arc::new(PocketModel { model, context_size, kv_cache: options.kv_cache.unwrap_or_default() }))
         })
     }
 
@@ -52,6 +53,7 @@ impl PocketModel {
             model_dir: self.model.dir().display().to_string(),
             context_length: c.context_length as u32,
             context_size: self.context_size as u32,
+            kv_cache: self.kv_cache,
             vocab_size: c.hparams.vocab_size as u32,
             num_layers: c.kv_cache.num_layers as u32,
             hidden_size: c.hparams.hidden_size as u32,
@@ -105,7 +107,12 @@ impl PocketModel {
 
 impl PocketModel {
     fn session(&self) -> Result<Session, PocketError> {
-        Ok(self.model.session(SessionOptions { context_size: self.context_size, ..SessionOptions::default() })?)
+        let options = SessionOptions {
+            context_size: self.context_size,
+            kv_precision: self.kv_cache.into(),
+            ..SessionOptions::default()
+        };
+        Ok(self.model.session(options)?)
     }
 
     pub(crate) fn answer(

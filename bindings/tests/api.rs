@@ -6,13 +6,23 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use pocketlm_ffi::{
-    ChatRole, Completion, FinishReason, GenerationListener, GenerationParams, LoadOptions, PocketError, PocketModel,
+    ChatRole, Completion, FinishReason, GenerationListener, GenerationParams, KvCache, LoadOptions, PocketError,
+    PocketModel,
 };
 
 fn tiny() -> Arc<PocketModel> {
+    tiny_with(KvCache::default())
+}
+
+fn tiny_with(kv_cache: KvCache) -> Arc<PocketModel> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tiny");
-    PocketModel::load(LoadOptions { model_dir: dir.display().to_string(), threads: 1, context_size: 128 })
-        .expect("tiny model loads")
+    PocketModel::load(LoadOptions {
+        model_dir: dir.display().to_string(),
+        threads: 1,
+        context_size: 128,
+        kv_cache: Some(kv_cache),
+    })
+    .expect("tiny model loads")
 }
 
 fn greedy(max_tokens: u32) -> GenerationParams {
@@ -63,7 +73,12 @@ fn defaults_match_the_engine() {
 
 #[test]
 fn engine_errors_map_to_the_small_public_error() {
-    let missing = PocketModel::load(LoadOptions { model_dir: "/nonexistent".into(), threads: 1, context_size: 0 });
+    let missing = PocketModel::load(LoadOptions {
+        model_dir: "/nonexistent".into(),
+        threads: 1,
+        context_size: 0,
+        kv_cache: None,
+    });
     assert!(matches!(missing, Err(PocketError::Model { .. })), "{:?}", missing.err());
     let model = tiny();
     let bad = GenerationParams { top_p: 2.0, ..GenerationParams::default() };
@@ -77,8 +92,30 @@ fn engine_errors_map_to_the_small_public_error() {
         model_dir: model.info().model_dir,
         threads: 1,
         context_size: model.info().context_length + 1,
+        kv_cache: None,
     });
     assert!(matches!(too_big, Err(PocketError::InvalidInput { .. })));
+}
+
+#[test]
+fn the_kv_cache_precision_reaches_every_conversation() {
+    let turn = |kv: KvCache| {
+        let model = tiny_with(kv);
+        assert_eq!(model.info().kv_cache, kv);
+        let chat = model.chat(None).unwrap();
+        let reply = chat.send("Tell me a story".into(), greedy(12)).unwrap();
+        assert!(reply.completion_tokens > 0);
+        (chat.cache_bytes() as f64, chat.token_count() as f64)
+    };
+    let (f16, tokens) = turn(KvCache::F16);
+    let (f32, _) = turn(KvCache::F32);
+    let (q8, q8_tokens) = turn(KvCache::Q8);
+    assert!(tokens > 0.0 && q8_tokens > 0.0);
+    // Capacity grows in the same steps whatever the element type, so bytes scale with its size:
+    // int8 adds one f32 scale per position and head of `dim` values (8 in the tiny model).
+    let dim = 8.0;
+    assert_eq!(f32, 2.0 * f16);
+    assert_eq!(q8, f16 * (dim + 4.0) / (2.0 * dim), "q8 {q8} B against f16 {f16} B");
 }
 
 #[test]

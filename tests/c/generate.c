@@ -50,7 +50,7 @@ int main(int argc, char **argv) {
   PocketlmError *error = NULL;
 
   /* A missing model is a MODEL error with a message; nothing is returned. */
-  PocketlmModel *missing = pocketlm_model_load("/nonexistent/model", 0, 0, &error);
+  PocketlmModel *missing = pocketlm_model_load("/nonexistent/model", 0, 0, POCKETLM_KV_CACHE_F16, &error);
   CHECK(missing == NULL, "loaded a missing model");
   CHECK(pocketlm_error_status(error) == POCKETLM_STATUS_MODEL, "status %d", pocketlm_error_status(error));
   CHECK(strstr(pocketlm_error_message(error), "nonexistent") != NULL, "message: %s", pocketlm_error_message(error));
@@ -58,7 +58,15 @@ int main(int argc, char **argv) {
   pocketlm_error_free(error);
   error = NULL;
 
-  PocketlmModel *model = pocketlm_model_load(argv[1], 2, 512, &error);
+  /* A KV cache type that is not a PocketlmKvCache is INVALID_INPUT, before anything is read. */
+  PocketlmModel *bad_cache = pocketlm_model_load(argv[1], 0, 0, 7, &error);
+  CHECK(bad_cache == NULL, "loaded with kv_cache 7");
+  CHECK(pocketlm_error_status(error) == POCKETLM_STATUS_INVALID_INPUT, "status %d", pocketlm_error_status(error));
+  CHECK(strstr(pocketlm_error_message(error), "kv_cache") != NULL, "message: %s", pocketlm_error_message(error));
+  pocketlm_error_free(error);
+  error = NULL;
+
+  PocketlmModel *model = pocketlm_model_load(argv[1], 2, 512, POCKETLM_KV_CACHE_Q8, &error);
   CHECK(model != NULL, "load failed: %s", pocketlm_error_message(error));
   if (!model) return 1;
 

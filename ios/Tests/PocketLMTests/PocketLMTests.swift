@@ -42,6 +42,20 @@ final class PocketLMTests: XCTestCase {
         XCTAssertLessThan(reply.content.count, 200)
     }
 
+    func testAnInt8KvCacheHoldsAConversationInAboutHalfTheMemory() throws {
+        func bytesPerToken(_ chat: ChatSession) -> Double { Double(chat.cacheBytes()) / Double(chat.tokenCount()) }
+        let f16Chat = try Self.model.chat(system: nil)
+        _ = try f16Chat.send(message: question, params: greedy)
+        let dir = ProcessInfo.processInfo.environment["POCKETLM_MODEL_DIR"]!
+        let q8Model = try PocketModel.load(options: LoadOptions(modelDir: dir, threads: 2, contextSize: 1024, kvCache: .q8))
+        XCTAssertEqual(q8Model.info().kvCache, .q8)
+        let q8Chat = try q8Model.chat(system: nil)
+        let reply = try q8Chat.send(message: question, params: greedy)
+        XCTAssertTrue(reply.text.contains("Paris"), reply.text)
+        // Head dim 64: 64 int8 values and one f32 scale against 64 f16 values.
+        XCTAssertEqual(bytesPerToken(q8Chat), bytesPerToken(f16Chat) * 68 / 128, accuracy: 1e-9)
+    }
+
     func testErrorsAreThrown() {
         XCTAssertThrowsError(try PocketModel.load(options: LoadOptions(modelDir: "/nonexistent"))) { error in
             guard case PocketError.Model = error else { return XCTFail("\(error)") }

@@ -22,10 +22,17 @@ object PocketLM {
 
     /**
      * Loads the model in [modelDir], runs [block] with it and frees it afterwards, also when
-     * [block] throws. `threads` 0 = this device's cores (at most 4); `contextSize` 0 = the model's.
+     * [block] throws. `threads` 0 = this device's cores (at most 4); `contextSize` 0 = the model's;
+     * [kvCache] the element type of each conversation's KV cache (null: [KvCache.F16]; [KvCache.Q8]:
+     * about half the memory).
      */
-    inline fun <T> withModel(modelDir: String, threads: UInt = 0u, contextSize: UInt = 0u, block: (PocketModel) -> T): T =
-        PocketModel.load(LoadOptions(modelDir, threads, contextSize)).use(block)
+    inline fun <T> withModel(
+        modelDir: String,
+        threads: UInt = 0u,
+        contextSize: UInt = 0u,
+        kvCache: KvCache? = null,
+        block: (PocketModel) -> T,
+    ): T = PocketModel.load(LoadOptions(modelDir, threads, contextSize, kvCache)).use(block)
 }
 
 /**

@@ -71,6 +71,21 @@ class PocketModelTest {
     }
 
     @Test
+    fun anInt8KvCacheHoldsAConversationInAboutHalfTheMemory() {
+        fun bytesPerToken(chat: ChatSession) = chat.cacheBytes().toDouble() / chat.tokenCount().toDouble()
+        val f16 = model.chat(null).use { chat -> chat.send(QUESTION, greedy); bytesPerToken(chat) }
+        PocketLM.withModel(modelDir, threads = 2u, contextSize = 1024u, kvCache = KvCache.Q8) { q8Model ->
+            assertEquals(KvCache.Q8, q8Model.info().kvCache)
+            q8Model.chat(null).use { chat ->
+                val reply = chat.send(QUESTION, greedy)
+                assertTrue(reply.text, reply.text.contains("Paris"))
+                // Head dim 64: 64 int8 values and one f32 scale against 64 f16 values.
+                assertEquals(f16 * (64 + 4) / 128, bytesPerToken(chat), 1e-9)
+            }
+        }
+    }
+
+    @Test
     fun loadsAndDescribesTheModel() {
         val info = model.info()
         assertEquals("SmolLM2-135M-Instruct", info.modelId)
@@ -78,6 +93,7 @@ class PocketModelTest {
         assertEquals(8192u, info.contextLength)
         assertEquals(30u, info.numLayers)
         assertEquals(49152u, info.vocabSize)
+        assertEquals(KvCache.F16, info.kvCache)
         assertEquals(2u, info.threads)
         assertTrue(info.weightBytesPerToken > 50_000_000u)
     }
