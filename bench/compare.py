@@ -90,7 +90,8 @@ def main():
             if args.llama_python:
                 runs["llama.cpp"].append(run_json([args.llama_python, os.path.join(HERE, "llama_peer.py"), "--gguf",
                                                    args.gguf, "--threads", str(t), "--prompt-ids", ids,
-                                                   "--gen-tokens", str(args.gen_tokens)]))
+                                                   "--gen-tokens", str(args.gen_tokens),
+                                                   "--context", str(max(2048, args.prompt_tokens + args.gen_tokens))]))
         med = {name: median(r) for name, r in runs.items() if r}
         for name, r in med.items():
             print(f"| {name} | {t} | " + " | ".join(f"{r[c]:.1f}" for c in COLS) + " |")
