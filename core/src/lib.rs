@@ -47,6 +47,8 @@ mod rewrite;
 mod rope;
 mod sampler;
 mod session;
+#[cfg(target_arch = "aarch64")]
+mod simd_neon;
 #[cfg(target_arch = "x86_64")]
 mod simd_x86;
 mod stop;

@@ -11,6 +11,8 @@ use tract_onnx::prelude::{f16, Tensor};
 #[cfg(target_arch = "x86_64")]
 use crate::qblock::PREFETCH_BYTES;
 use crate::qblock::{Blocks, Codes, Isa, QuantizedRows, XRow, BLOCK};
+#[cfg(target_arch = "aarch64")]
+use crate::simd_neon::{sdot, widen4};
 #[cfg(target_arch = "x86_64")]
 use crate::simd_x86::{f16_to_f32, hsum};
 
@@ -210,12 +212,16 @@ fn dot_kernel(decode: bool) -> DotKernel {
 /// [`dot`] for four activation rows at once (the weight row is unpacked once), for CPUs without
 /// AVX-VNNI (`matmul_rows` runs [`dot_vnni_quad`] on those with it).
 fn dot4(w: &WRow, x: [XRow; 4]) -> [f32; 4] {
-    #[cfg(target_arch = "x86_64")]
-    if Isa::detect() == Isa::Avx2 {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { dot4_avx2::<4>(w, x) };
+    // SAFETY (each arm): the CPU supports the features the function is compiled for.
+    match Isa::detect() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { dot4_avx2::<4>(w, x) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::NeonDotprod => unsafe { dot4_neon_dotprod(w, x) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => unsafe { dot4_neon(w, x) },
+        _ => x.map(|x| dot(w, &x)),
     }
-    x.map(|x| dot(w, &x))
 }
 
 /// The exact integer dot product of one block: `Σ_i (code_i - 8) · q_i`.
@@ -486,85 +492,96 @@ unsafe fn offsets_dot_avx2(offsets: &[f16], sums: &[f32]) -> f32 {
     hsum(acc) + (i..n).map(|i| f16_to_f32(offsets[i]) * sums[i]).sum::<f32>()
 }
 
-/// `acc + Σ` of each four adjacent `a·b` byte products (`sdot`; the intrinsic is not stable yet).
-#[cfg(target_arch = "aarch64")]
-#[target_feature(enable = "neon,dotprod")]
-unsafe fn sdot(
-    acc: std::arch::aarch64::int32x4_t,
-    a: std::arch::aarch64::int8x16_t,
-    b: std::arch::aarch64::int8x16_t,
-) -> std::arch::aarch64::int32x4_t {
-    let mut acc = acc;
-    std::arch::asm!("sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b", acc = inout(vreg) acc, a = in(vreg) a, b = in(vreg) b,
-        options(pure, nomem, nostack));
-    acc
-}
-
 /// One activation row with NEON `sdot` (ARMv8.2 dot product: most phones since 2018).
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon,dotprod")]
 unsafe fn dot_neon_dotprod(w: &WRow, x: &XRow) -> f32 {
-    dot_neon_impl::<true>(w, x)
+    let [y] = dot_rows_neon::<1, true>(w, [x]);
+    y
 }
 
 /// One activation row with baseline NEON (Cortex-A53 class cores): widening byte multiplies.
 #[cfg(target_arch = "aarch64")]
 unsafe fn dot_neon(w: &WRow, x: &XRow) -> f32 {
-    dot_neon_impl::<false>(w, x)
+    let [y] = dot_rows_neon::<1, false>(w, [x]);
+    y
 }
 
+/// Four activation rows with NEON `sdot` (prefill).
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn dot4_neon_dotprod(w: &WRow, x: [XRow; 4]) -> [f32; 4] {
+    dot_rows_neon::<4, true>(w, x.each_ref())
+}
+
+/// Four activation rows with baseline NEON (prefill).
+#[cfg(target_arch = "aarch64")]
+unsafe fn dot4_neon(w: &WRow, x: [XRow; 4]) -> [f32; 4] {
+    dot_rows_neon::<4, false>(w, x.each_ref())
+}
+
+/// `R` activation rows against one weight row with NEON (`sdot` if `SDOT`, else widening byte
+/// multiplies). Each group of four blocks is unpacked once for all rows; per row, the blocks'
+/// integer sums are made exact by pairwise adds (block `b`'s total in lane `b % 4`) and scaled by
+/// one multiply-add. Every row takes the same operations whatever `R`, so a row gives the same
+/// bits alone (decode) or with others (prefill).
 #[cfg(target_arch = "aarch64")]
 #[inline(always)]
-unsafe fn dot_neon_impl<const SDOT: bool>(w: &WRow, x: &XRow) -> f32 {
+unsafe fn dot_rows_neon<const R: usize, const SDOT: bool>(w: &WRow, x: [&XRow; R]) -> [f32; R] {
     use std::arch::aarch64::*;
     let nb = w.scales.len();
-    debug_assert!(w.codes.len() >= nb * BLOCK / 2 && x.q.len() >= nb * BLOCK && x.scales.len() >= nb);
-    let low = vdupq_n_u8(0x0F);
-    let eight = vdupq_n_s8(8);
-    // The exact integer sums of block `b`, four lanes.
-    let sums = |b: usize| {
+    debug_assert!(w.codes.len() >= nb * BLOCK / 2);
+    debug_assert!(x.iter().all(|x| x.q.len() >= nb * BLOCK && x.scales.len() >= nb));
+    let (low, eight) = (vdupq_n_u8(0x0F), vdupq_n_s8(8));
+    // Block `b`'s codes as signed values: (first 16, last 16).
+    let unpack = |b: usize| {
         let raw = vld1q_u8(w.codes.as_ptr().add(b * BLOCK / 2));
-        let w_lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(raw, low)), eight);
-        let w_hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(raw, 4)), eight);
-        let x_lo = vld1q_s8(x.q.as_ptr().add(b * BLOCK));
-        let x_hi = vld1q_s8(x.q.as_ptr().add(b * BLOCK + 16));
-        let sums = if SDOT {
+        (
+            vsubq_s8(vreinterpretq_s8_u8(vandq_u8(raw, low)), eight),
+            vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(raw, 4)), eight),
+        )
+    };
+    // Four partial integer sums of one block of codes against the 32 activation codes at `q`.
+    let partials = |(w_lo, w_hi): (int8x16_t, int8x16_t), q: *const i8| {
+        let (x_lo, x_hi) = (vld1q_s8(q), vld1q_s8(q.add(16)));
+        if SDOT {
             sdot(sdot(vdupq_n_s32(0), w_lo, x_lo), w_hi, x_hi)
         } else {
             // |(code - 8) · q| <= 1016: two products per i16 lane cannot overflow.
             let p_lo = vmlal_s8(vmull_s8(vget_low_s8(w_lo), vget_low_s8(x_lo)), vget_low_s8(w_hi), vget_low_s8(x_hi));
             let p_hi = vmlal_high_s8(vmull_high_s8(w_lo, x_lo), w_hi, x_hi);
             vpadalq_s16(vpaddlq_s16(p_lo), p_hi)
-        };
-        vcvtq_f32_s32(sums)
+        }
     };
-    let mut acc = vdupq_n_f32(0.0);
-    let mut b = 0;
-    // Four blocks' scales widened at once.
-    while b + 4 <= nb {
-        let d = vmulq_f32(widen4_neon(w.scales.as_ptr().add(b)), vld1q_f32(x.scales.as_ptr().add(b)));
-        acc = vfmaq_laneq_f32::<0>(acc, sums(b), d);
-        acc = vfmaq_laneq_f32::<1>(acc, sums(b + 1), d);
-        acc = vfmaq_laneq_f32::<2>(acc, sums(b + 2), d);
-        acc = vfmaq_laneq_f32::<3>(acc, sums(b + 3), d);
-        b += 4;
+    let mut acc = [vdupq_n_f32(0.0); R];
+    let full = nb / 4 * 4;
+    for b in (0..full).step_by(4) {
+        let codes: [(int8x16_t, int8x16_t); 4] = std::array::from_fn(|i| unpack(b + i));
+        let dw = widen4(w.scales.as_ptr().add(b));
+        for (acc, x) in acc.iter_mut().zip(x) {
+            let q = x.q.as_ptr().add(b * BLOCK);
+            let s: [int32x4_t; 4] = std::array::from_fn(|i| partials(codes[i], q.add(i * BLOCK)));
+            let totals = vpaddq_s32(vpaddq_s32(s[0], s[1]), vpaddq_s32(s[2], s[3]));
+            let d = vmulq_f32(dw, vld1q_f32(x.scales.as_ptr().add(b)));
+            *acc = vfmaq_f32(*acc, vcvtq_f32_s32(totals), d);
+        }
     }
-    for b in b..nb {
-        acc = vfmaq_n_f32(acc, sums(b), w.scales.get_unchecked(b).to_f32() * *x.scales.get_unchecked(b));
+    if full < nb {
+        // The last one to three blocks, the same way with zeros in the missing lanes.
+        let count = nb - full;
+        let codes: [Option<(int8x16_t, int8x16_t)>; 4] = std::array::from_fn(|i| (i < count).then(|| unpack(full + i)));
+        let dw: [f32; 4] = std::array::from_fn(|i| if i < count { w.scales[full + i].to_f32() } else { 0.0 });
+        for (acc, x) in acc.iter_mut().zip(x) {
+            let q = x.q.as_ptr().add(full * BLOCK);
+            let s: [int32x4_t; 4] =
+                std::array::from_fn(|i| codes[i].map_or(vdupq_n_s32(0), |c| partials(c, q.add(i * BLOCK))));
+            let totals = vpaddq_s32(vpaddq_s32(s[0], s[1]), vpaddq_s32(s[2], s[3]));
+            let dx: [f32; 4] = std::array::from_fn(|i| if i < count { x.scales[full + i] } else { 0.0 });
+            let d = vmulq_f32(vld1q_f32(dw.as_ptr()), vld1q_f32(dx.as_ptr()));
+            *acc = vfmaq_f32(*acc, vcvtq_f32_s32(totals), d);
+        }
     }
-    vaddvq_f32(acc) + offsets_dot(w.offsets, x.sums)
-}
-
-/// Four f16 at `p` as f32 (`fcvtl`: base AArch64 SIMD, no FP16 extension needed; the f16 vector
-/// types of `std::arch` are not stable yet).
-#[cfg(target_arch = "aarch64")]
-#[inline(always)]
-unsafe fn widen4_neon(p: *const f16) -> std::arch::aarch64::float32x4_t {
-    let halves = std::arch::aarch64::vld1_u16(p as *const u16);
-    let out;
-    std::arch::asm!("fcvtl {out:v}.4s, {halves:v}.4h", out = lateout(vreg) out, halves = in(vreg) halves,
-        options(pure, nomem, nostack));
-    out
+    std::array::from_fn(|r| vaddvq_f32(acc[r]) + offsets_dot(w.offsets, x[r].sums))
 }
 
 #[cfg(test)]
@@ -641,7 +658,8 @@ mod tests {
     #[test]
     fn a_row_gives_the_same_bits_alone_or_with_others() {
         let mut seed = 5;
-        for k in [96, 576] {
+        // Block counts 3, 7 and 18: the NEON kernels' groups of four blocks and their tails.
+        for k in [96, 224, 576] {
             // Seven weight rows: decode takes two at a time, then the last alone.
             let (w, _) = matrix(7, k, true, &mut seed);
             let x: Vec<f32> = (0..6 * k).map(|_| (lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0).collect();
@@ -658,8 +676,9 @@ mod tests {
     #[test]
     fn every_kernel_agrees_with_the_scalar_one() {
         let mut seed = 11;
-        // An even block count (the default model's) and an odd one (the kernels' last-block path).
-        for k in [576, 96] {
+        // An even block count (the default model's) and odd ones (the kernels' last-block path;
+        // 7: a group of four blocks and a tail of three on NEON).
+        for k in [576, 96, 224] {
             let (w, _) = matrix(4, k, false, &mut seed);
             let x: Vec<f32> = (0..k).map(|_| (lcg(&mut seed) % 2001) as f32 / 500.0 - 2.0).collect();
             let qx = QuantizedRows::quantize(&x, k);
@@ -693,6 +712,19 @@ mod tests {
                     assert!((avx2 - slow).abs() <= 1e-5 * magnitude, "{avx2} vs {slow}");
                     // SAFETY: as above.
                     for fast in unsafe { dot4_avx2::<4>(&w, [x; 4]) } {
+                        assert!((fast - slow).abs() <= 1e-5 * magnitude, "{fast} vs {slow}");
+                    }
+                }
+                #[cfg(target_arch = "aarch64")]
+                {
+                    // SAFETY: baseline NEON everywhere; `sdot` only where the CPU has it.
+                    let mut fast = vec![unsafe { dot_neon(&w, &x) }];
+                    fast.extend(unsafe { dot4_neon(&w, [x; 4]) });
+                    if Isa::detect() == Isa::NeonDotprod {
+                        fast.push(unsafe { dot_neon_dotprod(&w, &x) });
+                        fast.extend(unsafe { dot4_neon_dotprod(&w, [x; 4]) });
+                    }
+                    for fast in fast {
                         assert!((fast - slow).abs() <= 1e-5 * magnitude, "{fast} vs {slow}");
                     }
                 }

@@ -132,17 +132,9 @@ struct WRow8<'a> {
 
 type DotKernel = unsafe fn(&WRow8, &XRow) -> f32;
 
-/// The level the 8-bit kernels use: there is no `sdot` 8-bit kernel, plain NEON serves those CPUs.
-fn isa() -> Isa {
-    match Isa::detect() {
-        Isa::NeonDotprod => Isa::Neon,
-        isa => isa,
-    }
-}
-
 /// Name of the 8-bit kernel this CPU runs.
 pub fn kernel_name() -> &'static str {
-    isa().name()
+    Isa::detect().name()
 }
 
 /// The fastest kernel this CPU runs; for `decode` (one activation row: each weight row is read
@@ -150,7 +142,7 @@ pub fn kernel_name() -> &'static str {
 /// rows, already in cache after the first) one that does not.
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] // prefetching kernels are x86 only
 fn dot_kernel(decode: bool) -> DotKernel {
-    match isa() {
+    match Isa::detect() {
         #[cfg(target_arch = "x86_64")]
         Isa::AvxVnni if decode => dot_vnni::<true>,
         #[cfg(target_arch = "x86_64")]
@@ -159,6 +151,8 @@ fn dot_kernel(decode: bool) -> DotKernel {
         Isa::Avx2 if decode => dot_avx2::<true>,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => dot_avx2::<false>,
+        #[cfg(target_arch = "aarch64")]
+        Isa::NeonDotprod => dot_neon_dotprod,
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => dot_neon,
         _ => dot_scalar,
@@ -234,25 +228,53 @@ unsafe fn dot_x86<const VNNI: bool, const PREFETCH: bool>(w: &WRow8, x: &XRow) -
     crate::simd_x86::hsum(_mm256_add_ps(acc0, acc1)) + offsets_dot(w, x)
 }
 
+/// One activation row with NEON `sdot` (ARMv8.2 dot product).
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn dot_neon_dotprod(w: &WRow8, x: &XRow) -> f32 {
+    dot_neon_impl::<true>(w, x)
+}
+
+/// One activation row with baseline NEON: widening byte multiplies.
 #[cfg(target_arch = "aarch64")]
 unsafe fn dot_neon(w: &WRow8, x: &XRow) -> f32 {
+    dot_neon_impl::<false>(w, x)
+}
+
+/// Four blocks at a time: their exact integer sums by pairwise adds (block `b` in lane `b % 4`),
+/// scaled by one multiply-add; the last one to three blocks one by one.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+unsafe fn dot_neon_impl<const SDOT: bool>(w: &WRow8, x: &XRow) -> f32 {
     use std::arch::aarch64::*;
     let nb = w.scales.len();
     debug_assert!(w.codes.len() >= nb * BLOCK && x.q.len() >= nb * BLOCK && x.scales.len() >= nb);
-    let mut acc = vdupq_n_f32(0.0);
-    for b in 0..nb {
+    // Four partial integer sums of block `b`.
+    let partials = |b: usize| {
         let mut sums = vdupq_n_s32(0);
         for half in 0..2 {
             let c = vld1q_s8(w.codes.as_ptr().add(b * BLOCK + 16 * half));
             let q = vld1q_s8(x.q.as_ptr().add(b * BLOCK + 16 * half));
-            // |c · q| <= 16256 fits i16; pairs are widened before adding.
-            sums = vpadalq_s16(sums, vmull_s8(vget_low_s8(c), vget_low_s8(q)));
-            sums = vpadalq_s16(sums, vmull_high_s8(c, q));
+            sums = if SDOT {
+                crate::simd_neon::sdot(sums, c, q)
+            } else {
+                // |c · q| <= 16256 fits i16; pairs are widened before adding.
+                vpadalq_s16(vpadalq_s16(sums, vmull_s8(vget_low_s8(c), vget_low_s8(q))), vmull_high_s8(c, q))
+            };
         }
-        let scale = *w.scales.get_unchecked(b) * *x.scales.get_unchecked(b);
-        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(sums), scale);
+        sums
+    };
+    let mut acc = vdupq_n_f32(0.0);
+    let full = nb / 4 * 4;
+    for b in (0..full).step_by(4) {
+        let totals = vpaddq_s32(vpaddq_s32(partials(b), partials(b + 1)), vpaddq_s32(partials(b + 2), partials(b + 3)));
+        let d = vmulq_f32(vld1q_f32(w.scales.as_ptr().add(b)), vld1q_f32(x.scales.as_ptr().add(b)));
+        acc = vfmaq_f32(acc, vcvtq_f32_s32(totals), d);
     }
-    vaddvq_f32(acc) + offsets_dot(w, x)
+    let tail: f32 = (full..nb)
+        .map(|b| vaddvq_s32(partials(b)) as f32 * (*w.scales.get_unchecked(b) * *x.scales.get_unchecked(b)))
+        .sum();
+    vaddvq_f32(acc) + tail + offsets_dot(w, x)
 }
 
 #[cfg(test)]
@@ -261,7 +283,17 @@ mod tests {
 
     #[test]
     fn matmul_matches_the_integer_reference_and_kernels_agree() {
-        let (n, k) = (6, 96);
+        // Block counts 3 and 7: the NEON kernels' groups of four blocks and their tails.
+        for k in [96, 224] {
+            matches_the_integer_reference(k);
+        }
+        eprintln!("8-bit kernel: {}", kernel_name());
+        assert!(Blocks::new(2, 48, vec![1.0; 3], None).is_none());
+        assert!(Q8Matrix::new(vec![0; 63], Blocks::new(2, 32, vec![1.0; 2], None).unwrap()).is_none());
+    }
+
+    fn matches_the_integer_reference(k: usize) {
+        let n = 6;
         let mut seed = 5u64;
         let mut next = || {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -303,10 +335,17 @@ mod tests {
                     let avx2 = unsafe { dot_avx2::<true>(&w, &xr) } as f64;
                     assert!((avx2 - want).abs() <= 1e-4 * (1.0 + want.abs()), "{avx2} vs {want}");
                 }
+                #[cfg(target_arch = "aarch64")]
+                {
+                    // SAFETY: baseline NEON; `sdot` only where the CPU has it.
+                    let neon = unsafe { dot_neon(&w, &xr) } as f64;
+                    assert!((neon - want).abs() <= 1e-4 * (1.0 + want.abs()), "{neon} vs {want}");
+                    if Isa::detect() == Isa::NeonDotprod {
+                        let sdot = unsafe { dot_neon_dotprod(&w, &xr) } as f64;
+                        assert!((sdot - want).abs() <= 1e-4 * (1.0 + want.abs()), "{sdot} vs {want}");
+                    }
+                }
             }
         }
-        eprintln!("8-bit kernel: {}", kernel_name());
-        assert!(Blocks::new(2, 48, vec![1.0; 3], None).is_none());
-        assert!(Q8Matrix::new(vec![0; 63], Blocks::new(2, 32, vec![1.0; 2], None).unwrap()).is_none());
     }
 }
