@@ -570,14 +570,16 @@ unsafe fn dot_rows_neon<const R: usize, const SDOT: bool>(w: &WRow, x: [&XRow; R
         // The last one to three blocks, the same way with zeros in the missing lanes.
         let count = nb - full;
         let codes: [Option<(int8x16_t, int8x16_t)>; 4] = std::array::from_fn(|i| (i < count).then(|| unpack(full + i)));
-        let dw: [f32; 4] = std::array::from_fn(|i| if i < count { w.scales[full + i].to_f32() } else { 0.0 });
+        let mut dw = [f16::ZERO; 4];
+        dw[..count].copy_from_slice(&w.scales[full..]);
+        let dw = widen4(dw.as_ptr());
         for (acc, x) in acc.iter_mut().zip(x) {
             let q = x.q.as_ptr().add(full * BLOCK);
             let s: [int32x4_t; 4] =
                 std::array::from_fn(|i| codes[i].map_or(vdupq_n_s32(0), |c| partials(c, q.add(i * BLOCK))));
             let totals = vpaddq_s32(vpaddq_s32(s[0], s[1]), vpaddq_s32(s[2], s[3]));
             let dx: [f32; 4] = std::array::from_fn(|i| if i < count { x.scales[full + i] } else { 0.0 });
-            let d = vmulq_f32(vld1q_f32(dw.as_ptr()), vld1q_f32(dx.as_ptr()));
+            let d = vmulq_f32(dw, vld1q_f32(dx.as_ptr()));
             *acc = vfmaq_f32(*acc, vcvtq_f32_s32(totals), d);
         }
     }
