@@ -12,7 +12,10 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::interface::{check_interface, find_slots, Slots};
 use crate::kv_cache::KvPrecision;
-use crate::rewrite::{fuse_attention, fuse_rope, last_position_logits, share_embedding_table, untie_shared_constants};
+use crate::rewrite::{
+    fuse_attention, fuse_rope, fuse_shared_input_linears, last_position_logits, share_embedding_table,
+    untie_shared_constants,
+};
 
 /// The optimised, runnable decoder, shared by all sessions of a model.
 #[derive(Debug)]
@@ -127,6 +130,8 @@ impl DecoderGraph {
         log::debug!("fused {rope} rotary embeddings");
         let shared = share_embedding_table(&mut typed).map_err(|e| graph_err("sharing the embedding table", e))?;
         log::debug!("token lookup reads the LM head's codes: {shared}");
+        let fused = fuse_shared_input_linears(&mut typed).map_err(|e| graph_err("fusing products", e))?;
+        log::debug!("{fused} groups of products share their quantized input");
         // tract's own `transformers_detect_all` (in-state or unfolded cache) was measured on this
         // graph: no gain over the plain optimiser, and its cache still concatenates every step.
         // The fused ops above own the cache instead and append in place.
@@ -152,6 +157,17 @@ impl DecoderGraph {
         let options = RunOptions { executor: Some(executor.clone()), ..Default::default() };
         let plan = optimized.into_runnable_with_options(&options).map_err(|e| graph_err("cannot plan the model", e))?;
         lap("planned");
+        if log::log_enabled!(log::Level::Trace) {
+            let mut ops: Vec<(String, usize)> = vec![];
+            for node in plan.model().nodes() {
+                let name = node.op.name().to_string();
+                match ops.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, count)) => *count += 1,
+                    None => ops.push((name, 1)),
+                }
+            }
+            log::trace!("plan ops: {ops:?}");
+        }
         let vocab_size = config.hparams.vocab_size;
         log::info!(
             "decoder graph ready: {} layers, vocab {vocab_size}, {threads} thread(s), 4-bit kernel {}",
@@ -216,7 +232,7 @@ fn weight_bytes_per_step(model: &TypedModel) -> usize {
         .iter()
         .map(|node| {
             if let Some(linear) = node.op_as::<crate::qlinear::QLinear>() {
-                return linear.weight.bytes();
+                return linear.weights.iter().map(|w| w.bytes()).sum();
             }
             let Some(konst) = node.op_as::<Const>() else { return 0 };
             let only_gathered =
@@ -246,7 +262,8 @@ mod tests {
         let ops = ops("tiny-q4");
         // The head is split (models/pipeline/head.py): an 8-bit and a 4-bit part, each read by
         // its lookup, the 4-bit rows with a low-rank part (rows of its f32 factor A gathered).
-        assert_eq!(ops.iter().filter(|o| *o == "QLinear").count(), 2 * 7 + 2, "7 linears per layer + LM head");
+        // Per layer q+k+v as one op, o, gate, up and down; the head's two parts.
+        assert_eq!(ops.iter().filter(|o| *o == "QLinear").count(), 2 * 5 + 2, "{ops:?}");
         assert_eq!(ops.iter().filter(|o| *o == "EmbedQ8").count(), 1);
         assert_eq!(ops.iter().filter(|o| *o == "EmbedQ4").count(), 1);
         assert_eq!(ops.iter().filter(|o| *o == "Gather").count(), 1, "{ops:?}");

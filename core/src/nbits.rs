@@ -147,7 +147,7 @@ pub fn pack(model: &mut TypedModel, weights: Vec<QWeight>) -> TractResult<Vec<Op
         );
         let weight = Arc::new(weight);
         packed[slot] = Some(weight.clone());
-        model.node_mut(id).op = Box::new(QLinear { weight });
+        model.node_mut(id).op = Box::new(QLinear::new(weight));
     }
     Ok(packed)
 }

@@ -178,6 +178,51 @@ fn head_nodes(model: &TypedModel, hidden: OutletId, end: usize) -> TractResult<V
     Ok(head)
 }
 
+/// Makes the quantized products that read the same activations and whose outputs only change
+/// shape next (a layer's q, k and v projections) one [`QLinear`] with several weights: the
+/// activations are quantized once instead of once per product, and the products share one
+/// dispatch on the thread pool (2 threads: prefill +7%, decode +5%; 1 thread: even). Products
+/// read by element-wise ops are left apart: tract keeps a node's outputs until their last reader
+/// has run, so the FFN's SiLU could no longer overwrite its gate in place, and the copy cost
+/// more than the fusion saved (gate and up fused too: 2-thread decode −7%). Returns how many
+/// groups were fused.
+pub fn fuse_shared_input_linears(model: &mut TypedModel) -> TractResult<usize> {
+    let mut groups: Vec<(OutletId, Vec<usize>)> = vec![];
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let reshaped_next =
+            node.outputs.iter().flat_map(|o| &o.successors).all(|s| model.node(s.node).op_is::<AxisOp>());
+        if !node.op_is::<QLinear>() || !reshaped_next {
+            continue;
+        }
+        let input = node.inputs[0];
+        match groups.iter_mut().find(|(i, _)| *i == input) {
+            Some((_, ids)) => ids.push(id),
+            None => groups.push((input, vec![id])),
+        }
+    }
+    let mut fused = 0;
+    for (input, ids) in groups.into_iter().filter(|(_, ids)| ids.len() > 1) {
+        let linears: Vec<&QLinear> =
+            ids.iter().map(|&id| model.node(id).op_as::<QLinear>().expect("grouped above")).collect();
+        let weights = linears.iter().flat_map(|l| l.weights.iter().cloned()).collect();
+        let name = ids.iter().map(|&id| model.node(id).name.as_str()).collect::<Vec<_>>().join("+");
+        let mut patch = TypedModelPatch::new("one QLinear for the products of one input");
+        let tapped = patch.tap_model(model, input)?;
+        let outputs = patch.wire_node(name, QLinear { weights }, &[tapped])?;
+        let mut outputs = outputs.into_iter();
+        for &id in &ids {
+            for slot in 0..model.node(id).outputs.len() {
+                let new = outputs.next().context("one output per weight")?;
+                patch.shunt_outside(model, OutletId::new(id, slot), new)?;
+            }
+        }
+        patch.apply(model)?;
+        fused += 1;
+    }
+    Ok(fused)
+}
+
 /// Gives every extra consumer of a shared constant its own `Const` node (the tensor data stays
 /// shared, `Arc`), then folds constants again. tract pre-packs a matmul weight only when its
 /// constant has a single consumer: the tied embedding feeds both the token lookup and the LM
@@ -215,8 +260,7 @@ pub fn share_embedding_table(model: &mut TypedModel) -> TractResult<bool> {
         .nodes()
         .iter()
         .filter_map(|n| n.op_as::<QLinear>())
-        .filter(|l| matches!(*l.weight, QWeight::Q8(_)))
-        .map(|l| l.weight.clone())
+        .flat_map(|l| l.weights.iter().filter(|w| matches!(***w, QWeight::Q8(_))).cloned())
         .collect();
     for id in model.eval_order()? {
         let Some((ids, head, table)) = token_table(model, id, &heads) else { continue };
