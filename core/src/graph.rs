@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::interface::{check_interface, find_slots, Slots};
 use crate::kv_cache::KvPrecision;
 use crate::rewrite::{
-    fuse_attention, fuse_rope, fuse_shared_input_linears, last_position_logits, share_embedding_table,
+    fuse_attention, fuse_rope, fuse_shared_input_linears, fuse_swiglu, last_position_logits, share_embedding_table,
     untie_shared_constants,
 };
 
@@ -130,8 +130,9 @@ impl DecoderGraph {
         log::debug!("fused {rope} rotary embeddings");
         let shared = share_embedding_table(&mut typed).map_err(|e| graph_err("sharing the embedding table", e))?;
         log::debug!("token lookup reads the LM head's codes: {shared}");
+        let swiglu = fuse_swiglu(&mut typed).map_err(|e| graph_err("fusing feed-forward blocks", e))?;
         let fused = fuse_shared_input_linears(&mut typed).map_err(|e| graph_err("fusing products", e))?;
-        log::debug!("{fused} groups of products share their quantized input");
+        log::debug!("{swiglu} SwiGLU blocks fused; {fused} groups of products share their quantized input");
         // tract's own `transformers_detect_all` (in-state or unfolded cache) was measured on this
         // graph: no gain over the plain optimiser, and its cache still concatenates every step.
         // The fused ops above own the cache instead and append in place.
@@ -262,8 +263,11 @@ mod tests {
         let ops = ops("tiny-q4");
         // The head is split (models/pipeline/head.py): an 8-bit and a 4-bit part, each read by
         // its lookup, the 4-bit rows with a low-rank part (rows of its f32 factor A gathered).
-        // Per layer q+k+v as one op, o, gate, up and down; the head's two parts.
-        assert_eq!(ops.iter().filter(|o| *o == "QLinear").count(), 2 * 5 + 2, "{ops:?}");
+        // Per layer q+k+v as one op, o and down, and the gated feed-forward block's gate and up as
+        // one `SwiGlu`; the head's two parts.
+        assert_eq!(ops.iter().filter(|o| *o == "QLinear").count(), 2 * 3 + 2, "{ops:?}");
+        assert_eq!(ops.iter().filter(|o| *o == "SwiGlu").count(), 2, "{ops:?}");
+        assert!(!ops.iter().any(|o| o == "Sigmoid" || o == "Silu"), "{ops:?}");
         assert_eq!(ops.iter().filter(|o| *o == "EmbedQ8").count(), 1);
         assert_eq!(ops.iter().filter(|o| *o == "EmbedQ4").count(), 1);
         assert_eq!(ops.iter().filter(|o| *o == "Gather").count(), 1, "{ops:?}");

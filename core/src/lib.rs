@@ -53,6 +53,7 @@ mod simd_neon;
 mod simd_x86;
 mod stop;
 mod summarize;
+mod swiglu;
 mod table;
 mod template;
 mod text_stream;
