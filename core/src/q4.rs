@@ -10,11 +10,11 @@ use tract_onnx::prelude::{f16, Tensor};
 
 #[cfg(target_arch = "x86_64")]
 use crate::qblock::PREFETCH_BYTES;
-use crate::qblock::{Blocks, Codes, Isa, QuantizedRows, XRow, BLOCK};
+use crate::qblock::{offsets_dot, Blocks, Codes, Isa, QuantizedRows, XRow, BLOCK};
 #[cfg(target_arch = "aarch64")]
 use crate::simd_neon::{sdot, widen4};
 #[cfg(target_arch = "x86_64")]
-use crate::simd_x86::{f16_to_f32, hsum};
+use crate::simd_x86::{f16_to_f32, hsum, offsets_dot_x86};
 
 /// A `[n, k]` 4-bit weight matrix (`k` a multiple of [`BLOCK`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -170,11 +170,6 @@ struct WRow<'a> {
     offsets: &'a [f16],
 }
 
-/// `Σ_b o_b · Σ_i x_i`: the offsets term (0 when symmetric).
-fn offsets_dot(offsets: &[f16], sums: &[f32]) -> f32 {
-    offsets.iter().zip(sums).map(|(o, s)| o.to_f32() * s).sum()
-}
-
 /// One weight row times one activation row:
 /// `Σ_b d_b · sx_b · Σ_i (code_i - 8) · q_i + Σ_b o_b · Σ_i x_i`.
 fn dot(w: &WRow, x: &XRow) -> f32 {
@@ -273,7 +268,7 @@ unsafe fn dot4_avx2<const R: usize>(w: &WRow, x: [XRow; R]) -> [f32; R] {
     }
     let mut out = [0f32; R];
     for r in 0..R {
-        out[r] = hsum(acc[r]) + offsets_dot_avx2(w.offsets, x[r].sums);
+        out[r] = hsum(acc[r]) + offsets_dot_x86(w.offsets, x[r].sums);
     }
     out
 }
@@ -360,7 +355,7 @@ unsafe fn finish(acc: [std::arch::x86_64::__m256; 2], i: usize, w: &WRow, x: &XR
     use std::arch::x86_64::*;
     let mut lanes = [0f32; 8];
     _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[0], acc[1]));
-    (lanes[i] + lanes[4 + i]) + odd_block(w, x) + offsets_dot_avx2(w.offsets, x.sums)
+    (lanes[i] + lanes[4 + i]) + odd_block(w, x) + offsets_dot_x86(w.offsets, x.sums)
 }
 
 /// One activation row against `W` (1 or 2) weight rows: the activation's codes, corrections and
@@ -474,22 +469,6 @@ unsafe fn dot_vnni_quad(w: &WRow, quad: &Quad) -> [f32; 4] {
         pair(p, &mut acc[0]);
     }
     std::array::from_fn(|r| finish(acc, r, w, &x[r]))
-}
-
-/// [`offsets_dot`] with AVX2 and F16C.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn offsets_dot_avx2(offsets: &[f16], sums: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = offsets.len().min(sums.len());
-    let mut acc = _mm256_setzero_ps();
-    let mut i = 0;
-    while i + 8 <= n {
-        let o = _mm256_cvtph_ps(_mm_loadu_si128(offsets.as_ptr().add(i) as *const __m128i));
-        acc = _mm256_fmadd_ps(o, _mm256_loadu_ps(sums.as_ptr().add(i)), acc);
-        i += 8;
-    }
-    hsum(acc) + (i..n).map(|i| f16_to_f32(offsets[i]) * sums[i]).sum::<f32>()
 }
 
 /// One activation row with NEON `sdot` (ARMv8.2 dot product: most phones since 2018).

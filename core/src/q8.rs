@@ -2,13 +2,15 @@
 //! optional offsets in [`Blocks`]) and their int8-activation dot products: the LM head
 //! and embedding precision of llama.cpp's GGUF files (Q8_0), and the 8-bit model variant.
 
-use tract_onnx::prelude::tract_data::half::slice::HalfFloatSliceExt;
 use tract_onnx::prelude::{f16, Tensor};
 
 #[cfg(target_arch = "x86_64")]
-#[cfg(target_arch = "x86_64")]
 use crate::qblock::PREFETCH_BYTES;
-use crate::qblock::{Blocks, Codes, Isa, QuantizedRows, XRow, BLOCK};
+use crate::qblock::{offsets_dot, Blocks, Codes, Isa, QuantizedRows, XRow, BLOCK};
+#[cfg(target_arch = "aarch64")]
+use crate::simd_neon::{sdot, widen4};
+#[cfg(target_arch = "x86_64")]
+use crate::simd_x86::{f16_to_f32, hsum, offsets_dot_x86};
 
 /// A `[n, k]` 8-bit weight matrix (`k` a multiple of [`BLOCK`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -91,43 +93,22 @@ impl Q8Matrix {
         let kernel = dot_kernel(x.rows() == 1);
         let codes = self.codes.signed();
         let xs: Vec<XRow> = (0..x.rows()).map(|r| x.row(r)).collect();
-        // The weight rows' f16 block parameters widened 64 rows at a time (one conversion call,
-        // vectorized, rather than one per row), each row's then used for all activation rows.
-        let nb = k / BLOCK;
-        let (mut scales, mut offsets) = (Vec::new(), Vec::new());
-        for (chunk, start) in rows.clone().step_by(WIDEN_ROWS).enumerate() {
-            let end = (start + WIDEN_ROWS).min(rows.end);
-            let params = self.blocks.rows(start..end);
-            widen(params.0, &mut scales);
-            widen(params.1, &mut offsets);
-            for (i, j) in (start..end).enumerate() {
-                let jj = chunk * WIDEN_ROWS + i;
-                let scales = &scales[i * nb..][..nb];
-                let offsets = offsets.get(i * nb..(i + 1) * nb).unwrap_or(&[]);
-                let w = WRow8 { codes: &codes[j * k..][..k], scales, offsets };
-                for (r, xr) in xs.iter().enumerate() {
-                    // SAFETY: `dot_kernel` returns only kernels whose CPU features are present.
-                    y[r * y_stride + jj] = unsafe { kernel(&w, xr) };
-                }
+        for (jj, j) in rows.enumerate() {
+            let (scales, offsets) = self.blocks.row(j);
+            let w = WRow8 { codes: &codes[j * k..][..k], scales, offsets };
+            for (r, xr) in xs.iter().enumerate() {
+                // SAFETY: `dot_kernel` returns only kernels whose CPU features are present.
+                y[r * y_stride + jj] = unsafe { kernel(&w, xr) };
             }
         }
     }
 }
 
-/// Weight rows whose block parameters are widened to f32 at once.
-const WIDEN_ROWS: usize = 64;
-
-/// `src` as f32 in `dst` (resized to fit).
-fn widen(src: &[f16], dst: &mut Vec<f32>) {
-    dst.resize(src.len(), 0.0);
-    src.convert_to_f32_slice(dst);
-}
-
-/// One 8-bit weight row, its block parameters widened to f32.
+/// One 8-bit weight row: codes, and f16 block parameters the kernels widen as they go.
 struct WRow8<'a> {
     codes: &'a [i8],
-    scales: &'a [f32],
-    offsets: &'a [f32],
+    scales: &'a [f16],
+    offsets: &'a [f16],
 }
 
 type DotKernel = unsafe fn(&WRow8, &XRow) -> f32;
@@ -159,28 +140,24 @@ fn dot_kernel(decode: bool) -> DotKernel {
     }
 }
 
-fn offsets_dot(w: &WRow8, x: &XRow) -> f32 {
-    w.offsets.iter().zip(x.sums).map(|(o, s)| o * s).sum()
-}
-
 fn dot_scalar(w: &WRow8, x: &XRow) -> f32 {
     let mut acc = 0f32;
     for (b, (codes, q)) in w.codes.chunks_exact(BLOCK).zip(x.q.chunks_exact(BLOCK)).enumerate() {
         let i: i32 = codes.iter().zip(q).map(|(&c, &q)| c as i32 * q as i32).sum();
-        acc += i as f32 * (w.scales[b] * x.scales[b]);
+        acc += i as f32 * (w.scales[b].to_f32() * x.scales[b]);
     }
-    acc + offsets_dot(w, x)
+    acc + offsets_dot(w.offsets, x.sums)
 }
 
 /// [`dot_avx2`] with AVX-VNNI: one `vpdpbusd` per block instead of maddubs + madd.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,avxvnni")]
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
 unsafe fn dot_vnni<const PREFETCH: bool>(w: &WRow8, x: &XRow) -> f32 {
     dot_x86::<true, PREFETCH>(w, x)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_avx2<const PREFETCH: bool>(w: &WRow8, x: &XRow) -> f32 {
     dot_x86::<false, PREFETCH>(w, x)
 }
@@ -194,7 +171,9 @@ unsafe fn dot_x86<const VNNI: bool, const PREFETCH: bool>(w: &WRow8, x: &XRow) -
     let ones = _mm256_set1_epi16(1);
     let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     // Block `b` into `acc`, scaled by `d` (the weight's block scale).
-    let block = |b: usize, d: f32, acc: &mut __m256| {
+    // Block `b` into `acc`, scaled by `scale` (the weight's and the activation's block scales'
+    // product in every lane).
+    let block = |b: usize, scale: __m256, acc: &mut __m256| {
         let c = _mm256_loadu_si256(w.codes.as_ptr().add(b * BLOCK) as *const __m256i);
         let q = _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i);
         // |c| as unsigned times q with c's sign: |c| <= 128, |q| <= 127, pairs fit i16.
@@ -204,7 +183,6 @@ unsafe fn dot_x86<const VNNI: bool, const PREFETCH: bool>(w: &WRow8, x: &XRow) -
         } else {
             _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, signed), ones)
         };
-        let scale = _mm256_set1_ps(d * *x.scales.get_unchecked(b));
         *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(products), scale, *acc);
     };
     // Even blocks on one accumulator, odd on the other.
@@ -218,14 +196,18 @@ unsafe fn dot_x86<const VNNI: bool, const PREFETCH: bool>(w: &WRow8, x: &XRow) -
                 _mm_prefetch::<_MM_HINT_T0>(w.scales.as_ptr().wrapping_add(b + PREFETCH_BYTES / BLOCK) as *const i8);
             }
         }
-        block(b, *w.scales.get_unchecked(b), &mut acc0);
-        block(b + 1, *w.scales.get_unchecked(b + 1), &mut acc1);
+        // Both blocks' f16 weight scales widened by one 32-bit load (zero-extending: no
+        // dependency on a register's old value), times the activation's: [d_b, d_b+1, 0, 0].
+        let dw = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(w.scales.as_ptr().add(b) as *const i32)));
+        let d = _mm_mul_ps(dw, _mm_castpd_ps(_mm_load_sd(x.scales.as_ptr().add(b) as *const f64)));
+        block(b, _mm256_broadcastss_ps(d), &mut acc0);
+        block(b + 1, _mm256_broadcastss_ps(_mm_movehdup_ps(d)), &mut acc1);
         b += 2;
     }
     if b < nb {
-        block(b, *w.scales.get_unchecked(b), &mut acc0);
+        block(b, _mm256_set1_ps(f16_to_f32(*w.scales.get_unchecked(b)) * *x.scales.get_unchecked(b)), &mut acc0);
     }
-    crate::simd_x86::hsum(_mm256_add_ps(acc0, acc1)) + offsets_dot(w, x)
+    hsum(_mm256_add_ps(acc0, acc1)) + offsets_dot_x86(w.offsets, x.sums)
 }
 
 /// One activation row with NEON `sdot` (ARMv8.2 dot product).
@@ -256,7 +238,7 @@ unsafe fn dot_neon_impl<const SDOT: bool>(w: &WRow8, x: &XRow) -> f32 {
             let c = vld1q_s8(w.codes.as_ptr().add(b * BLOCK + 16 * half));
             let q = vld1q_s8(x.q.as_ptr().add(b * BLOCK + 16 * half));
             sums = if SDOT {
-                crate::simd_neon::sdot(sums, c, q)
+                sdot(sums, c, q)
             } else {
                 // |c · q| <= 16256 fits i16; pairs are widened before adding.
                 vpadalq_s16(vpadalq_s16(sums, vmull_s8(vget_low_s8(c), vget_low_s8(q))), vmull_high_s8(c, q))
@@ -268,13 +250,17 @@ unsafe fn dot_neon_impl<const SDOT: bool>(w: &WRow8, x: &XRow) -> f32 {
     let full = nb / 4 * 4;
     for b in (0..full).step_by(4) {
         let totals = vpaddq_s32(vpaddq_s32(partials(b), partials(b + 1)), vpaddq_s32(partials(b + 2), partials(b + 3)));
-        let d = vmulq_f32(vld1q_f32(w.scales.as_ptr().add(b)), vld1q_f32(x.scales.as_ptr().add(b)));
+        let d = vmulq_f32(widen4(w.scales.as_ptr().add(b)), vld1q_f32(x.scales.as_ptr().add(b)));
         acc = vfmaq_f32(acc, vcvtq_f32_s32(totals), d);
     }
-    let tail: f32 = (full..nb)
-        .map(|b| vaddvq_s32(partials(b)) as f32 * (*w.scales.get_unchecked(b) * *x.scales.get_unchecked(b)))
-        .sum();
-    vaddvq_f32(acc) + tail + offsets_dot(w, x)
+    // The last one to three blocks' scales widened like the others (zeros past the end).
+    let mut tail = [f16::ZERO; 4];
+    tail[..nb - full].copy_from_slice(&w.scales[full..]);
+    let mut dw = [0f32; 4];
+    vst1q_f32(dw.as_mut_ptr(), widen4(tail.as_ptr()));
+    let tail: f32 =
+        (full..nb).map(|b| vaddvq_s32(partials(b)) as f32 * (dw[b - full] * *x.scales.get_unchecked(b))).sum();
+    vaddvq_f32(acc) + tail + offsets_dot(w.offsets, x.sums)
 }
 
 #[cfg(test)]
@@ -324,10 +310,8 @@ mod tests {
                 want += (0..k / BLOCK).map(|b| offsets[j * k / BLOCK + b] as f64 * xr.sums[b] as f64).sum::<f64>();
                 let got = y[r * n + j] as f64;
                 assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "row {r} col {j}: {got} vs {want}");
-                let (mut scales, mut offsets) = (Vec::new(), Vec::new());
-                widen(m.blocks.row(j).0, &mut scales);
-                widen(m.blocks.row(j).1, &mut offsets);
-                let w = WRow8 { codes: &codes[j * k..][..k], scales: &scales, offsets: &offsets };
+                let (scales, offsets) = m.blocks.row(j);
+                let w = WRow8 { codes: &codes[j * k..][..k], scales, offsets };
                 assert!((dot_scalar(&w, &xr) as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()));
                 #[cfg(target_arch = "x86_64")]
                 if Isa::detect() != Isa::Scalar {

@@ -189,13 +189,6 @@ impl Blocks {
         (&self.scales[j * nb..][..nb], self.offsets.as_ref().map_or(&[][..], |o| &o[j * nb..][..nb]))
     }
 
-    /// Rows `rows`' scales and offsets (empty when symmetric), `[rows][k / 32]` each.
-    pub(crate) fn rows(&self, rows: std::ops::Range<usize>) -> (&[f16], &[f16]) {
-        let nb = self.k / BLOCK;
-        let range = rows.start * nb..rows.end * nb;
-        (&self.scales[range.clone()], self.offsets.as_ref().map_or(&[][..], |o| &o[range]))
-    }
-
     /// True when the scales are exactly `scales` and there are no offsets.
     pub fn is_symmetric_with(&self, scales: &[f32]) -> bool {
         self.offsets.is_none()
@@ -383,6 +376,12 @@ fn block_sums(x: &[f32], sums: &mut [f32]) {
 fn round_to_i8(v: f32) -> i8 {
     const MAGIC: f32 = 12_582_912.0;
     ((v + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32) as i8
+}
+
+/// `Σ_b o_b · Σ_i x_i`: a weight row's block-offset term against an activation row's block sums
+/// (0 when symmetric).
+pub(crate) fn offsets_dot(offsets: &[f16], sums: &[f32]) -> f32 {
+    offsets.iter().zip(sums).map(|(o, s)| o.to_f32() * s).sum()
 }
 
 #[cfg(test)]
