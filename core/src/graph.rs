@@ -235,6 +235,9 @@ fn weight_bytes_per_step(model: &TypedModel) -> usize {
             if let Some(linear) = node.op_as::<crate::qlinear::QLinear>() {
                 return linear.weights.iter().map(|w| w.bytes()).sum();
             }
+            if let Some(block) = node.op_as::<crate::swiglu::SwiGlu>() {
+                return block.weights().iter().map(|w| w.bytes()).sum();
+            }
             let Some(konst) = node.op_as::<Const>() else { return 0 };
             let only_gathered =
                 node.outputs[0].successors.iter().all(|s| model.node(s.node).op_is::<Gather>() && s.slot == 0);
@@ -273,6 +276,26 @@ mod tests {
         assert_eq!(ops.iter().filter(|o| *o == "Gather").count(), 1, "{ops:?}");
         let gone = ["PendingNBits", "PendingTable", "GatherCodes", "GatherBlockQuantized"];
         assert!(!ops.iter().any(|o| gone.contains(&o.as_str())), "{ops:?}");
+    }
+
+    #[test]
+    fn a_step_reads_the_weights_of_every_op_that_holds_some() {
+        use crate::q4::Q4Matrix;
+        use crate::qblock::Blocks;
+        use crate::qlinear::{QLinear, QWeight};
+        use crate::swiglu::SwiGlu;
+        let weight = |n: usize, k: usize| {
+            let blocks = Blocks::new(n, k, vec![1.0; n * k / 32], None).unwrap();
+            Arc::new(QWeight::Q4(Q4Matrix::new(&vec![3u8; n * k], blocks).unwrap()))
+        };
+        let (q, k, gate, up, down) = (weight(32, 32), weight(16, 32), weight(64, 32), weight(64, 32), weight(32, 64));
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([1, 2, 32])).unwrap();
+        let qk = model.wire_node("qk", QLinear { weights: vec![q.clone(), k.clone()] }, &[x]).unwrap();
+        let ffn = model.wire_node("ffn", SwiGlu::new(gate.clone(), up.clone()), &[qk[0]]).unwrap();
+        model.wire_node("down", QLinear::new(down.clone()), &ffn).unwrap();
+        let all = [q, k, gate, up, down].iter().map(|w| w.bytes()).sum::<usize>();
+        assert_eq!(weight_bytes_per_step(&model), all);
     }
 
     #[test]

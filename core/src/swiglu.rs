@@ -27,6 +27,11 @@ impl SwiGlu {
     pub fn new(gate: Arc<QWeight>, up: Arc<QWeight>) -> Self {
         SwiGlu { products: QLinear { weights: vec![gate, up] } }
     }
+
+    /// The gate and up weights.
+    pub fn weights(&self) -> &[Arc<QWeight>] {
+        &self.products.weights
+    }
 }
 
 impl Op for SwiGlu {
