@@ -9,7 +9,27 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
 use crate::q8::Q8Matrix;
-use crate::qlinear::{identity_by_arc, QWeight};
+use crate::qlinear::QWeight;
+
+/// Implements `PartialEq`, `Eq` and `Hash` for an op by the identity of one of its `Arc` fields:
+/// ops holding large weights compare by which weight they hold, never by its bytes.
+macro_rules! identity_by_arc {
+    ($op:ty, $field:ident) => {
+        impl PartialEq for $op {
+            fn eq(&self, other: &Self) -> bool {
+                std::sync::Arc::ptr_eq(&self.$field, &other.$field)
+            }
+        }
+
+        impl Eq for $op {}
+
+        impl std::hash::Hash for $op {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                std::sync::Arc::as_ptr(&self.$field).hash(state)
+            }
+        }
+    };
+}
 
 /// `out[.., :] = W[id, :]` for token ids `[..]` (i64), `W` an `[n, k]` block-quantized matrix.
 /// Named `EmbedQ8` or `EmbedQ4` after its table's width.

@@ -1,5 +1,6 @@
-//! `QLinear`: `y = x · Wᵀ` with a 4- or 8-bit block weight ([`QWeight`]) and int8 activations,
-//! the tract op that ONNX `MatMulNBits` nodes become (see `nbits.rs`).
+//! `QLinear`: `y_i = x · W_iᵀ` with 4- or 8-bit block weights ([`QWeight`]) and int8
+//! activations, the tract op that ONNX `MatMulNBits` nodes become (see `nbits.rs`), one weight
+//! each; `rewrite.rs` then gives one op the products that share an input.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -84,8 +85,9 @@ const TASKS_PER_THREAD: usize = 1;
 const PARALLEL_QUANTIZE_ROWS: usize = 16;
 
 /// `x [.., k] f32 → y_i [.., n_i] f32`, `y_i = x · W_iᵀ`: one output per weight, every weight
-/// reading the same activations (a layer's q, k and v projections; its gate and up), which are
-/// quantized once, and the products of all weights share one dispatch on the thread pool.
+/// reading the same activations (a layer's q, k and v projections; in [`crate::swiglu::SwiGlu`]
+/// its gate and up), which are quantized once, and the products of all weights share one
+/// dispatch on the thread pool.
 #[derive(Clone, Debug)]
 pub struct QLinear {
     /// The weights (at least one, all with the same `k`), shared by every plan made from this op.
@@ -133,27 +135,7 @@ fn plan_tasks(ns: &[usize], per_task: usize) -> Vec<Vec<(usize, Range<usize>)>> 
     tasks
 }
 
-/// Implements `PartialEq`, `Eq` and `Hash` for an op by the identity of one of its `Arc` fields:
-/// ops holding large weights compare by which weight they hold, never by its bytes.
-macro_rules! identity_by_arc {
-    ($op:ty, $field:ident) => {
-        impl PartialEq for $op {
-            fn eq(&self, other: &Self) -> bool {
-                std::sync::Arc::ptr_eq(&self.$field, &other.$field)
-            }
-        }
-
-        impl Eq for $op {}
-
-        impl std::hash::Hash for $op {
-            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-                std::sync::Arc::as_ptr(&self.$field).hash(state)
-            }
-        }
-    };
-}
-pub(crate) use identity_by_arc;
-
+// Ops holding large weights compare by which weights they hold, never by their bytes.
 impl PartialEq for QLinear {
     fn eq(&self, other: &Self) -> bool {
         self.weights.len() == other.weights.len()
