@@ -11,7 +11,6 @@ use tract_linalg::element_wise::ElementWise;
 use tract_linalg::multithread::{current_tract_executor, Executor};
 use tract_linalg::reduce::{MapReduce, Reduce};
 use tract_linalg::routines::Func;
-use tract_onnx::prelude::tract_data::half::slice::HalfFloatSliceExt;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -308,7 +307,7 @@ fn read<'a>(head: Head<'a>, j: usize, out: &'a mut [f32]) -> &'a [f32] {
     match head {
         Head::F32(v) => &v[j * dim..][..dim],
         Head::F16(v) => {
-            v[j * dim..][..dim].convert_to_f32_slice(out);
+            crate::kv_cache::widen(&v[j * dim..][..dim], out);
             out
         }
         Head::Q8 { codes, scales } => {

@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 
 use tract_onnx::prelude::f16;
+#[cfg(not(target_arch = "aarch64"))]
 use tract_onnx::prelude::tract_data::half::slice::HalfFloatSliceExt;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::ensure;
@@ -53,13 +54,34 @@ impl<'a> Head<'a> {
     pub(crate) fn to_f32(self) -> Cow<'a, [f32]> {
         match self {
             Head::F32(v) => Cow::Borrowed(v),
-            Head::F16(v) => Cow::Owned(v.to_f32_vec()),
+            Head::F16(v) => {
+                let mut out = vec![0f32; v.len()];
+                widen(v, &mut out);
+                Cow::Owned(out)
+            }
             Head::Q8 { codes, scales } => {
                 let dim = codes.len() / scales.len().max(1);
                 Cow::Owned(codes.iter().enumerate().map(|(i, &c)| c as f32 * scales[i / dim]).collect())
             }
         }
     }
+}
+
+/// `src` as f32 into `dst`: NEON `fcvtl` on aarch64 (`half` would convert in software on cores
+/// without FP16 arithmetic), `half`'s conversion (F16C on x86) elsewhere.
+pub(crate) fn widen(src: &[f16], dst: &mut [f32]) {
+    #[cfg(target_arch = "aarch64")]
+    crate::simd_neon::widen(src, dst);
+    #[cfg(not(target_arch = "aarch64"))]
+    src.convert_to_f32_slice(dst);
+}
+
+/// `src` rounded to f16 into `dst`, as [`widen`] chooses.
+fn narrow(src: &[f32], dst: &mut [f16]) {
+    #[cfg(target_arch = "aarch64")]
+    crate::simd_neon::narrow(src, dst);
+    #[cfg(not(target_arch = "aarch64"))]
+    dst.convert_from_f32_slice(src);
 }
 
 /// Keys or values of all heads.
@@ -113,7 +135,7 @@ impl Buffer {
     fn write(&mut self, start: usize, values: &[f32]) {
         match self {
             Buffer::F32(v) => v[start..][..values.len()].copy_from_slice(values),
-            Buffer::F16(v) => v[start..][..values.len()].convert_from_f32_slice(values),
+            Buffer::F16(v) => narrow(values, &mut v[start..][..values.len()]),
             Buffer::Q8(codes, scales) => {
                 let amax = values.iter().fold(0f32, |m, x| m.max(x.abs()));
                 let scale = amax / 127.0;

@@ -1,7 +1,7 @@
 //! Small aarch64 NEON helpers the kernels share (`q4`, `q8`): instructions whose `std::arch`
 //! intrinsics are not stable yet, written as inline assembly.
 
-use std::arch::aarch64::{float32x4_t, int32x4_t, int8x16_t, vld1_u16};
+use std::arch::aarch64::{float32x4_t, int32x4_t, int8x16_t, uint16x4_t, vld1_u16, vld1q_f32, vst1_u16, vst1q_f32};
 
 use tract_onnx::prelude::f16;
 
@@ -31,11 +31,64 @@ pub(crate) unsafe fn widen4(p: *const f16) -> float32x4_t {
     out
 }
 
+/// `src` as f32 into `dst` (as many as both hold), four at a time with `fcvtl`: base AArch64
+/// SIMD, where `half` converts in software on cores without FP16 arithmetic (Cortex-A53).
+pub(crate) fn widen(src: &[f16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let full = n / 4 * 4;
+    for i in (0..full).step_by(4) {
+        // SAFETY: `i + 4 <= n` values on both sides.
+        unsafe { vst1q_f32(dst.as_mut_ptr().add(i), widen4(src.as_ptr().add(i))) };
+    }
+    for i in full..n {
+        dst[i] = src[i].to_f32();
+    }
+}
+
+/// `src` rounded to f16 (to nearest, ties to even, as `half` rounds) into `dst`, four at a time
+/// with `fcvtn` (base AArch64 SIMD).
+pub(crate) fn narrow(src: &[f32], dst: &mut [f16]) {
+    let n = src.len().min(dst.len());
+    let full = n / 4 * 4;
+    for i in (0..full).step_by(4) {
+        // SAFETY: `i + 4 <= n` values on both sides; `fcvtn` touches no memory.
+        unsafe {
+            let x = vld1q_f32(src.as_ptr().add(i));
+            let halves: uint16x4_t;
+            std::arch::asm!("fcvtn {out:v}.4h, {x:v}.4s", out = lateout(vreg) halves, x = in(vreg) x,
+                options(pure, nomem, nostack));
+            vst1_u16(dst.as_mut_ptr().add(i) as *mut u16, halves);
+        }
+    }
+    for i in full..n {
+        dst[i] = f16::from_f32(src[i]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::arch::aarch64::*;
 
     use super::*;
+
+    #[test]
+    fn slices_widen_and_round_as_half_does() {
+        let mut values: Vec<f32> =
+            vec![0.0, -0.0, 1.0, -2.5, 65504.0, 65520.0, 1e9, -1e9, 6.1e-5, 5.96e-8, 3e-8, 1e-10];
+        values.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1.0 + 2f32.powi(-11), 1.0 + 3.0 * 2f32.powi(-11)]);
+        values.extend((0..1000).map(|i| ((i * 7919) % 20011) as f32 * 0.0137 - 137.0));
+        let mut narrowed = vec![f16::ZERO; values.len()];
+        narrow(&values, &mut narrowed);
+        for (x, h) in values.iter().zip(&narrowed) {
+            let want = f16::from_f32(*x);
+            assert!(h.to_bits() == want.to_bits() || (h.is_nan() && want.is_nan()), "{x}: {h} vs {want}");
+        }
+        let mut widened = vec![0f32; narrowed.len()];
+        widen(&narrowed, &mut widened);
+        for (h, x) in narrowed.iter().zip(&widened) {
+            assert!(x.to_bits() == h.to_f32().to_bits() || (x.is_nan() && h.is_nan()), "{h}: {x}");
+        }
+    }
 
     #[test]
     fn sdot_sums_each_four_products_and_fcvtl_widens_exactly() {
