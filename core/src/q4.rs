@@ -562,7 +562,7 @@ unsafe fn dot_rows_neon<const R: usize, const SDOT: bool>(w: &WRow, x: [&XRow; R
             *acc = vfmaq_f32(*acc, vcvtq_f32_s32(totals), d);
         }
     }
-    std::array::from_fn(|r| vaddvq_f32(acc[r]) + offsets_dot(w.offsets, x[r].sums))
+    std::array::from_fn(|r| vaddvq_f32(acc[r]) + crate::simd_neon::offsets_dot(w.offsets, x[r].sums))
 }
 
 #[cfg(test)]

@@ -260,7 +260,7 @@ unsafe fn dot_neon_impl<const SDOT: bool>(w: &WRow8, x: &XRow) -> f32 {
     vst1q_f32(dw.as_mut_ptr(), widen4(tail.as_ptr()));
     let tail: f32 =
         (full..nb).map(|b| vaddvq_s32(partials(b)) as f32 * (dw[b - full] * *x.scales.get_unchecked(b))).sum();
-    vaddvq_f32(acc) + tail + offsets_dot(w.offsets, x.sums)
+    vaddvq_f32(acc) + tail + crate::simd_neon::offsets_dot(w.offsets, x.sums)
 }
 
 #[cfg(test)]

@@ -65,11 +65,45 @@ pub(crate) fn narrow(src: &[f32], dst: &mut [f16]) {
     }
 }
 
+/// `qblock::offsets_dot` four blocks at a time (`fcvtl`, fused multiply-add), the last one to
+/// three with zeros past the end: per value `half` would call a conversion behind a CPU feature
+/// check, or convert in software on cores without FP16 arithmetic.
+pub(crate) fn offsets_dot(offsets: &[f16], sums: &[f32]) -> f32 {
+    use std::arch::aarch64::{vaddvq_f32, vdupq_n_f32, vfmaq_f32};
+    let n = offsets.len().min(sums.len());
+    let full = n / 4 * 4;
+    // SAFETY: every load reads four values below `n`, or from the padded copies.
+    unsafe {
+        let mut acc = vdupq_n_f32(0.0);
+        for i in (0..full).step_by(4) {
+            acc = vfmaq_f32(acc, widen4(offsets.as_ptr().add(i)), vld1q_f32(sums.as_ptr().add(i)));
+        }
+        if full < n {
+            let (mut o, mut x) = ([f16::ZERO; 4], [0f32; 4]);
+            o[..n - full].copy_from_slice(&offsets[full..n]);
+            x[..n - full].copy_from_slice(&sums[full..n]);
+            acc = vfmaq_f32(acc, widen4(o.as_ptr()), vld1q_f32(x.as_ptr()));
+        }
+        vaddvq_f32(acc)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::arch::aarch64::*;
 
     use super::*;
+
+    #[test]
+    fn the_offsets_term_sums_every_block() {
+        for n in [0, 1, 3, 4, 18, 48, 49] {
+            let offsets: Vec<f16> = (0..n).map(|i| f16::from_f32(i as f32 * 0.25 - 3.0)).collect();
+            let sums: Vec<f32> = (0..n).map(|i| 1.5 - i as f32 * 0.125).collect();
+            let want: f64 = offsets.iter().zip(&sums).map(|(o, s)| o.to_f64() * *s as f64).sum();
+            let got = offsets_dot(&offsets, &sums) as f64;
+            assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "n {n}: {got} vs {want}");
+        }
+    }
 
     #[test]
     fn slices_widen_and_round_as_half_does() {
