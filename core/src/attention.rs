@@ -267,7 +267,7 @@ impl DecodePass<'_> {
         let (dim, visible, (rows, total)) = (self.dim, self.visible, self.shape(q, probs));
         let mut position = vec![0f32; dim];
         for j in 0..total {
-            let key = read(keys, j, &mut position);
+            let key = keys.position(j, &mut position);
             for r in (0..rows).filter(|&r| j < visible[r]) {
                 probs[r * total + j] = dot(&q[r * dim..(r + 1) * dim], key);
             }
@@ -275,7 +275,7 @@ impl DecodePass<'_> {
         softmax_rows(probs, total, visible, self.softmax);
         out.fill(0.0);
         for j in 0..total {
-            let value = read(values, j, &mut position);
+            let value = values.position(j, &mut position);
             for r in (0..rows).filter(|&r| j < visible[r]) {
                 let p = probs[r * total + j];
                 for (o, &x) in out[r * dim..(r + 1) * dim].iter_mut().zip(value) {
@@ -298,24 +298,6 @@ fn scale_positions(m: &mut [f32], scales: &[f32]) {
 fn softmax_rows(scores: &mut [f32], total: usize, visible: &[usize], softmax: &Softmax) {
     for (r, row) in scores.chunks_exact_mut(total.max(1)).enumerate() {
         softmax.apply(row, visible[r]);
-    }
-}
-
-/// Position `j` of a head as f32: borrowed, or widened into `out`.
-fn read<'a>(head: Head<'a>, j: usize, out: &'a mut [f32]) -> &'a [f32] {
-    let dim = out.len();
-    match head {
-        Head::F32(v) => &v[j * dim..][..dim],
-        Head::F16(v) => {
-            crate::kv_cache::widen(&v[j * dim..][..dim], out);
-            out
-        }
-        Head::Q8 { codes, scales } => {
-            for (o, &c) in out.iter_mut().zip(&codes[j * dim..][..dim]) {
-                *o = c as f32 * scales[j];
-            }
-            out
-        }
     }
 }
 

@@ -60,16 +60,46 @@ impl<'a> Head<'a> {
                 Cow::Owned(out)
             }
             Head::Q8 { codes, scales } => {
+                let mut out = vec![0f32; codes.len()];
                 let dim = codes.len() / scales.len().max(1);
-                Cow::Owned(codes.iter().enumerate().map(|(i, &c)| c as f32 * scales[i / dim]).collect())
+                for ((out, codes), &scale) in out.chunks_exact_mut(dim).zip(codes.chunks_exact(dim)).zip(scales) {
+                    dequantize(codes, scale, out);
+                }
+                Cow::Owned(out)
+            }
+        }
+    }
+
+    /// Position `j` (`out.len()` values) as f32: borrowed, or widened into `out`.
+    pub(crate) fn position<'b>(self, j: usize, out: &'b mut [f32]) -> &'b [f32]
+    where
+        'a: 'b,
+    {
+        let dim = out.len();
+        match self {
+            Head::F32(v) => &v[j * dim..][..dim],
+            Head::F16(v) => {
+                widen(&v[j * dim..][..dim], out);
+                out
+            }
+            Head::Q8 { codes, scales } => {
+                dequantize(&codes[j * dim..][..dim], scales[j], out);
+                out
             }
         }
     }
 }
 
+/// One position's int8 codes times its scale, into `out`.
+fn dequantize(codes: &[i8], scale: f32, out: &mut [f32]) {
+    for (o, &c) in out.iter_mut().zip(codes) {
+        *o = c as f32 * scale;
+    }
+}
+
 /// `src` as f32 into `dst`: NEON `fcvtl` on aarch64 (`half` would convert in software on cores
 /// without FP16 arithmetic), `half`'s conversion (F16C on x86) elsewhere.
-pub(crate) fn widen(src: &[f16], dst: &mut [f32]) {
+fn widen(src: &[f16], dst: &mut [f32]) {
     #[cfg(target_arch = "aarch64")]
     crate::simd_neon::widen(src, dst);
     #[cfg(not(target_arch = "aarch64"))]

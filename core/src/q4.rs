@@ -143,12 +143,14 @@ impl Q4Matrix {
             }
             return;
         }
+        let dot4 = dot4_kernel();
         for (jj, j) in rows.enumerate() {
             let w = weight_row(j);
             let mut r = 0;
             // Four activation rows at a time share the unpacking of the weight row (prefill).
             while r + 4 <= xs.len() {
-                let acc = dot4(&w, [xs[r], xs[r + 1], xs[r + 2], xs[r + 3]]);
+                // SAFETY: `dot4_kernel` returns only kernels whose CPU features are present.
+                let acc = unsafe { dot4(&w, [xs[r], xs[r + 1], xs[r + 2], xs[r + 3]]) };
                 for (i, a) in acc.into_iter().enumerate() {
                     y[(r + i) * y_stride + jj] = a;
                 }
@@ -170,14 +172,9 @@ struct WRow<'a> {
     offsets: &'a [f16],
 }
 
-/// One weight row times one activation row:
-/// `Σ_b d_b · sx_b · Σ_i (code_i - 8) · q_i + Σ_b o_b · Σ_i x_i`.
-fn dot(w: &WRow, x: &XRow) -> f32 {
-    // SAFETY: `dot_kernel` returns only kernels whose CPU features are present.
-    unsafe { dot_kernel(true)(w, x) }
-}
-
-/// A [`dot`] kernel. Unsafe to call on a CPU without the features it is compiled for.
+/// A kernel for one weight row times one activation row,
+/// `Σ_b d_b · sx_b · Σ_i (code_i - 8) · q_i + Σ_b o_b · Σ_i x_i`. Unsafe to call on a CPU without
+/// the features it is compiled for.
 type DotKernel = unsafe fn(&WRow, &XRow) -> f32;
 
 /// Name of the 4-bit kernel `dot_kernel` picks on this CPU (for logs and benchmarks).
@@ -185,7 +182,7 @@ pub fn kernel_name() -> &'static str {
     Isa::detect().name()
 }
 
-/// The fastest [`dot`] kernel this CPU runs (safe to call here); for `decode` (one activation
+/// The fastest [`DotKernel`] this CPU runs (safe to call here); for `decode` (one activation
 /// row: each weight row is read once) one that prefetches the rows ahead.
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] // prefetching kernels are x86 only
 fn dot_kernel(decode: bool) -> DotKernel {
@@ -204,19 +201,27 @@ fn dot_kernel(decode: bool) -> DotKernel {
     }
 }
 
-/// [`dot`] for four activation rows at once (the weight row is unpacked once), for CPUs without
-/// AVX-VNNI (`matmul_rows` runs [`dot_vnni_quad`] on those with it).
-fn dot4(w: &WRow, x: [XRow; 4]) -> [f32; 4] {
-    // SAFETY (each arm): the CPU supports the features the function is compiled for.
+/// A kernel for four activation rows at once (the weight row is unpacked once). Unsafe to call on
+/// a CPU without the features it is compiled for.
+type Dot4Kernel = unsafe fn(&WRow, [XRow; 4]) -> [f32; 4];
+
+/// The fastest [`Dot4Kernel`] this CPU runs, for CPUs without AVX-VNNI (`matmul_rows` runs
+/// [`dot_vnni_quad`] on those with it).
+fn dot4_kernel() -> Dot4Kernel {
     match Isa::detect() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { dot4_avx2::<4>(w, x) },
+        Isa::Avx2 => dot4_avx2::<4>,
         #[cfg(target_arch = "aarch64")]
-        Isa::NeonDotprod => unsafe { dot4_neon_dotprod(w, x) },
+        Isa::NeonDotprod => dot4_neon_dotprod,
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon => unsafe { dot4_neon(w, x) },
-        _ => x.map(|x| dot(w, &x)),
+        Isa::Neon => dot4_neon,
+        _ => dot4_scalar,
     }
+}
+
+/// Four activation rows one by one, portably.
+unsafe fn dot4_scalar(w: &WRow, x: [XRow; 4]) -> [f32; 4] {
+    x.map(|x| dot_scalar(w, &x))
 }
 
 /// The exact integer dot product of one block: `Σ_i (code_i - 8) · q_i`.
@@ -675,8 +680,11 @@ mod tests {
                 };
                 let slow = dot_scalar(&w, &x);
                 let magnitude = 1.0 + slow.abs();
-                assert!((dot(&w, &x) - slow).abs() <= 1e-5 * magnitude, "{} vs {slow}", dot(&w, &x));
-                for fast in dot4(&w, [x; 4]) {
+                // SAFETY: `dot_kernel` returns only kernels whose CPU features are present.
+                let fast = unsafe { dot_kernel(true)(&w, &x) };
+                assert!((fast - slow).abs() <= 1e-5 * magnitude, "{fast} vs {slow}");
+                // SAFETY: `dot4_kernel` returns only kernels whose CPU features are present.
+                for fast in unsafe { dot4_kernel()(&w, [x; 4]) } {
                     assert!((fast - slow).abs() <= 1e-5 * magnitude, "{fast} vs {slow}");
                 }
                 #[cfg(target_arch = "x86_64")]

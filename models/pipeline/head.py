@@ -52,15 +52,19 @@ def _block_scales(g: np.ndarray) -> np.ndarray:
     return best
 
 
+def _damped(gram: np.ndarray, damp: float) -> np.ndarray:
+    """`gram` (float64) normalised to a mean diagonal of 1, plus `damp` on the diagonal."""
+    h = np.array(gram, np.float64)
+    return h / np.mean(np.diag(h)) + damp * np.eye(len(h))
+
+
 def gptq_q4_0(w: np.ndarray, gram: np.ndarray, damp: float, group: int = 128):
     """W [N, K] -> (codes uint8 [N, K] 0..15, scales f32 [N, K/32]) minimising the error of
     `W x` for inputs with Gram matrix `gram` [K, K] (normalised to a mean diagonal of 1, plus
     `damp` on the diagonal). Float64 throughout: deterministic up to the last bits of LAPACK."""
     n, k = w.shape
     w = np.array(w, np.float64)
-    h = np.array(gram, np.float64)
-    h = h / np.mean(np.diag(h)) + damp * np.eye(k)
-    hinv = np.linalg.cholesky(np.linalg.inv(h)).T  # upper triangular
+    hinv = np.linalg.cholesky(np.linalg.inv(_damped(gram, damp))).T  # upper triangular
     codes = np.empty((n, k), np.uint8)
     scales = np.empty((n, k // BLOCK), np.float64)
     for i1 in range(0, k, group):
@@ -87,9 +91,7 @@ def low_rank(w: np.ndarray, gram: np.ndarray, damp: float, rank: int):
     `gptq_q4_0`): the truncated SVD of `W L`, `L Lᵀ` the Gram matrix, mapped back by `L⁻¹`. Each
     singular vector's sign is fixed (B's largest-magnitude entry positive) so the bytes are
     reproducible."""
-    k = w.shape[1]
-    h = np.array(gram, np.float64)
-    chol = np.linalg.cholesky(h / np.mean(np.diag(h)) + damp * np.eye(k))
+    chol = np.linalg.cholesky(_damped(gram, damp))
     u, s, vt = np.linalg.svd(np.asarray(w, np.float64) @ chol, full_matrices=False)
     a, b = u[:, :rank] * s[:rank], np.linalg.solve(chol.T, vt[:rank].T).T  # b = vt L⁻¹
     sign = np.sign(b[np.arange(rank), np.argmax(np.abs(b), axis=1)])
