@@ -254,18 +254,16 @@ impl QuantizedRows {
         };
         // Eight blocks at a time: their sums are eight independent chains (each block still
         // summed in order from -0.0, as `Iterator::sum`, so bit for bit the same), which the
-        // CPU overlaps instead of waiting on one long chain of additions per block.
+        // CPU overlaps instead of waiting on one long chain of additions per block; with SIMD,
+        // one lane per block.
+        let group8 = group8_kernel();
         let groups = x.chunks(GROUP_BLOCKS * BLOCK).zip(out.q.chunks_mut(GROUP_BLOCKS * BLOCK));
         let groups = groups.zip(out.scales.chunks_mut(GROUP_BLOCKS).zip(out.sums.chunks_mut(GROUP_BLOCKS)));
         for ((x, q), (scales, sums)) in groups {
-            block_sums(x, sums);
-            for ((block, q), scale) in x.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK)).zip(scales) {
-                let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let inverse = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-                *scale = amax / 127.0;
-                for (q, v) in q.iter_mut().zip(block) {
-                    *q = round_to_i8(v * inverse);
-                }
+            match group8 {
+                // SAFETY: the kernel was chosen for this CPU; a full group is 256 values, 8 blocks.
+                Some(kernel) if sums.len() == GROUP_BLOCKS => unsafe { kernel(x, q, scales, sums) },
+                _ => quantize_group(x, q, scales, sums),
             }
         }
         if Isa::detect() == Isa::AvxVnni {
@@ -345,7 +343,37 @@ impl QuantizedRows {
 }
 
 /// Blocks whose sums [`QuantizedRows::quantize`] computes together.
-const GROUP_BLOCKS: usize = 8;
+pub(crate) const GROUP_BLOCKS: usize = 8;
+
+/// Quantizes a full group of [`GROUP_BLOCKS`] blocks (`x`, `q`: 256 values; `scales`, `sums`: 8)
+/// exactly as [`quantize_group`] does.
+type Group8Kernel = unsafe fn(&[f32], &mut [i8], &mut [f32], &mut [f32]);
+
+/// The SIMD group quantizer for this CPU, if there is one (AVX2; NEON is base aarch64).
+fn group8_kernel() -> Option<Group8Kernel> {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        return Some(crate::simd_x86::quantize8);
+    }
+    #[cfg(target_arch = "aarch64")]
+    return Some(crate::simd_neon::quantize8);
+    #[allow(unreachable_code)]
+    None
+}
+
+/// Quantizes up to [`GROUP_BLOCKS`] whole blocks of `x` into `q`, with each block's scale
+/// (`amax / 127`) and exact float sum: the portable reference the SIMD kernels match bit for bit.
+fn quantize_group(x: &[f32], q: &mut [i8], scales: &mut [f32], sums: &mut [f32]) {
+    block_sums(x, sums);
+    for ((block, q), scale) in x.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK)).zip(scales) {
+        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let inverse = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        *scale = amax / 127.0;
+        for (q, v) in q.iter_mut().zip(block) {
+            *q = round_to_i8(v * inverse);
+        }
+    }
+}
 
 /// `sums[i] = Σ x[32i..32i + 32]`, each in order from -0.0 (as `Iterator::sum`), for up to
 /// [`GROUP_BLOCKS`] blocks at once.
@@ -369,13 +397,15 @@ fn block_sums(x: &[f32], sums: &mut [f32]) {
     sums.copy_from_slice(&acc[..n]);
 }
 
+/// 1.5 · 2^23: added to a float of magnitude below 2^22, it leaves no fraction bits.
+pub(crate) const ROUND_MAGIC: f32 = 12_582_912.0;
+
 /// `v` (|v| <= 127) rounded half to even, as `f32::round_ties_even(v) as i8`, in integer
-/// arithmetic the compiler vectorizes: adding 1.5 · 2^23 leaves no fraction bits (IEEE addition
-/// rounds half to even), and the sum's low mantissa bits then hold the integer itself.
+/// arithmetic the compiler vectorizes: adding [`ROUND_MAGIC`] leaves no fraction bits (IEEE
+/// addition rounds half to even), and the sum's low mantissa bits then hold the integer itself.
 #[inline]
 fn round_to_i8(v: f32) -> i8 {
-    const MAGIC: f32 = 12_582_912.0;
-    ((v + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32) as i8
+    ((v + ROUND_MAGIC).to_bits() as i32 - ROUND_MAGIC.to_bits() as i32) as i8
 }
 
 /// `Σ_b o_b · Σ_i x_i`: a weight row's block-offset term against an activation row's block sums
@@ -440,6 +470,46 @@ mod tests {
             (&parts.paired.q, &parts.paired.scales, &parts.paired.corrections),
             (&whole.paired.q, &whole.paired.scales, &whole.paired.corrections)
         );
+    }
+
+    #[test]
+    fn the_simd_group_quantizer_matches_the_portable_one_bit_for_bit() {
+        let Some(kernel) = group8_kernel() else { return };
+        // Varied magnitudes per block, exact ties after scaling (block 1: amax 127, halves),
+        // zero blocks of both signs, a lone subnormal, and blocks holding NaN and infinities.
+        let mut groups: Vec<Vec<f32>> = Vec::new();
+        for seed in 0..40u32 {
+            groups.push(
+                (0..256u32)
+                    .map(|i| {
+                        let h = (i.wrapping_mul(2654435761) ^ seed.wrapping_mul(40503)) % 20001;
+                        (h as f32 - 10000.0) * 1e-4 * 10f32.powi((i / 32 + seed) as i32 % 7 - 3)
+                    })
+                    .collect(),
+            );
+        }
+        let mut special: Vec<f32> = (0..256).map(|i| i as f32 * 0.01 - 1.0).collect();
+        special[32..64].copy_from_slice(&std::array::from_fn::<f32, 32, _>(|i| i as f32 * 4.0 - 63.5));
+        special[32] = 127.0;
+        special[64..96].fill(-0.0);
+        special[96..128].fill(0.0);
+        special[130] = 1e-40;
+        special[160] = f32::NAN;
+        special[200] = f32::INFINITY;
+        special[230] = f32::NEG_INFINITY;
+        special[231] = f32::NAN;
+        special[186] = f32::NAN;
+        special[191] = f32::NAN;
+        groups.push(special);
+        for (g, x) in groups.iter().enumerate() {
+            let (mut q, mut scales, mut sums) = ([0i8; 256], [0f32; 8], [0f32; 8]);
+            let (mut q2, mut scales2, mut sums2) = ([0i8; 256], [0f32; 8], [0f32; 8]);
+            quantize_group(x, &mut q, &mut scales, &mut sums);
+            unsafe { kernel(x, &mut q2, &mut scales2, &mut sums2) };
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(q2, q, "group {g}");
+            assert_eq!((bits(&scales2), bits(&sums2)), (bits(&scales), bits(&sums)), "group {g}");
+        }
     }
 
     #[test]

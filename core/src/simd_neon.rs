@@ -1,9 +1,12 @@
 //! Small aarch64 NEON helpers the kernels share (`q4`, `q8`): instructions whose `std::arch`
-//! intrinsics are not stable yet, written as inline assembly.
+//! intrinsics are not stable yet, written as inline assembly; and the NEON form of the
+//! activation quantizer (`qblock`).
 
 use std::arch::aarch64::{float32x4_t, int32x4_t, int8x16_t, uint16x4_t, vld1_u16, vld1q_f32, vst1_u16, vst1q_f32};
 
 use tract_onnx::prelude::f16;
+
+use crate::qblock::{BLOCK, GROUP_BLOCKS, ROUND_MAGIC};
 
 /// `acc + Σ` of each four adjacent `a·b` byte products (`sdot`, ARMv8.2 dot product).
 ///
@@ -85,6 +88,63 @@ pub(crate) fn offsets_dot(offsets: &[f16], sums: &[f32]) -> f32 {
             acc = vfmaq_f32(acc, widen4(o.as_ptr()), vld1q_f32(x.as_ptr()));
         }
         vaddvq_f32(acc)
+    }
+}
+
+/// `qblock::quantize_group` for a full group of eight blocks (`x`, `q`: 256 values; `scales`,
+/// `sums`: 8), bit for bit: each block's sum runs in order in its own lane (four rows of four
+/// transposed per step), the absolute maximum ignores NaN as `f32::max` does (`fmaxnm`), and `q`
+/// keeps the low byte of each rounded value as `as i8` does (`xtn`).
+///
+/// Panics unless the slices have those lengths.
+pub(crate) fn quantize8(x: &[f32], q: &mut [i8], scales: &mut [f32], sums: &mut [f32]) {
+    use std::arch::aarch64::*;
+    assert!(
+        x.len() == GROUP_BLOCKS * BLOCK
+            && q.len() == x.len()
+            && scales.len() == GROUP_BLOCKS
+            && sums.len() == GROUP_BLOCKS
+    );
+    // SAFETY: NEON is base aarch64; every load and store is within the checked lengths.
+    unsafe {
+        let p = x.as_ptr();
+        for first in [0, 4] {
+            let mut acc = vdupq_n_f32(-0.0);
+            for c in (0..BLOCK).step_by(4) {
+                let r: [float32x4_t; 4] = std::array::from_fn(|b| vld1q_f32(p.add((first + b) * BLOCK + c)));
+                let t0 = vreinterpretq_f64_f32(vtrn1q_f32(r[0], r[1]));
+                let t1 = vreinterpretq_f64_f32(vtrn2q_f32(r[0], r[1]));
+                let t2 = vreinterpretq_f64_f32(vtrn1q_f32(r[2], r[3]));
+                let t3 = vreinterpretq_f64_f32(vtrn2q_f32(r[2], r[3]));
+                for column in [vtrn1q_f64(t0, t2), vtrn1q_f64(t1, t3), vtrn2q_f64(t0, t2), vtrn2q_f64(t1, t3)] {
+                    acc = vaddq_f32(acc, vreinterpretq_f32_f64(column));
+                }
+            }
+            vst1q_f32(sums.as_mut_ptr().add(first), acc);
+        }
+
+        let magic = vdupq_n_f32(ROUND_MAGIC);
+        let magic_bits = vdupq_n_s32(ROUND_MAGIC.to_bits() as i32);
+        for (b, scale) in scales.iter_mut().enumerate() {
+            let v: [float32x4_t; 8] = std::array::from_fn(|i| vld1q_f32(p.add(b * BLOCK + 4 * i)));
+            let mut m = vdupq_n_f32(0.0);
+            for v in v {
+                m = vmaxnmq_f32(m, vabsq_f32(v));
+            }
+            let amax = vmaxnmvq_f32(m);
+            let inverse = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            *scale = amax / 127.0;
+            let inverse = vdupq_n_f32(inverse);
+            let ints: [int16x4_t; 8] = std::array::from_fn(|i| {
+                let rounded = vaddq_f32(vmulq_f32(v[i], inverse), magic);
+                vmovn_s32(vsubq_s32(vreinterpretq_s32_f32(rounded), magic_bits))
+            });
+            for h in [0, 4] {
+                let lo = vmovn_s16(vcombine_s16(ints[h], ints[h + 1]));
+                let hi = vmovn_s16(vcombine_s16(ints[h + 2], ints[h + 3]));
+                vst1q_s8(q.as_mut_ptr().add(b * BLOCK + 4 * h), vcombine_s8(lo, hi));
+            }
+        }
     }
 }
 
