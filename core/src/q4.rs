@@ -10,7 +10,7 @@ use tract_onnx::prelude::{f16, Tensor};
 
 #[cfg(target_arch = "x86_64")]
 use crate::qblock::PREFETCH_BYTES;
-use crate::qblock::{offsets_dot, Blocks, Codes, Isa, QuantizedRows, XRow, BLOCK};
+use crate::qblock::{offsets_dot, prefill_tiles, Blocks, Codes, Isa, QuantizedRows, XRow, BLOCK};
 #[cfg(target_arch = "aarch64")]
 use crate::simd_neon::{sdot, widen4};
 #[cfg(target_arch = "x86_64")]
@@ -124,41 +124,42 @@ impl Q4Matrix {
         }
         // The activation rows' views, made once rather than per weight row (~2% of prefill).
         let xs: Vec<XRow> = (0..x.rows()).map(row).collect();
+        let full = xs.len() / 4 * 4;
+        let first = rows.start;
         #[cfg(target_arch = "x86_64")]
-        if Isa::detect() == Isa::AvxVnni {
-            let quads: Vec<Quad> = xs.chunks_exact(4).map(|x| Quad::new([x[0], x[1], x[2], x[3]])).collect();
-            for (jj, j) in rows.enumerate() {
-                let w = weight_row(j);
-                for (g, quad) in quads.iter().enumerate() {
-                    // SAFETY: the CPU has AVX-VNNI (checked above); rows hold `k / 32` blocks.
-                    let acc = unsafe { dot_vnni_quad(&w, quad) };
+        let quads: Vec<Quad> = match Isa::detect() {
+            Isa::AvxVnni => xs.chunks_exact(4).map(|x| Quad::new([x[0], x[1], x[2], x[3]])).collect(),
+            _ => Vec::new(),
+        };
+        let dot4 = dot4_kernel();
+        for tile in prefill_tiles(rows, row_bytes) {
+            let ws: Vec<WRow> = tile.clone().map(weight_row).collect();
+            // Four activation rows at a time share the unpacking of each weight row, and they
+            // stay in cache while the tile's weight rows pass.
+            for (g, x4) in xs.chunks_exact(4).enumerate() {
+                for (j, w) in tile.clone().zip(&ws) {
+                    // SAFETY: quads are made only on AVX-VNNI CPUs, and `dot4_kernel` returns only
+                    // kernels whose CPU features are present; rows hold `k / 32` blocks.
+                    let acc = unsafe {
+                        #[cfg(target_arch = "x86_64")]
+                        if let Some(quad) = quads.get(g) {
+                            dot_vnni_quad(w, quad)
+                        } else {
+                            dot4(w, [x4[0], x4[1], x4[2], x4[3]])
+                        }
+                        #[cfg(not(target_arch = "x86_64"))]
+                        dot4(w, [x4[0], x4[1], x4[2], x4[3]])
+                    };
                     for (i, a) in acc.into_iter().enumerate() {
-                        y[(4 * g + i) * y_stride + jj] = a;
+                        y[(4 * g + i) * y_stride + j - first] = a;
                     }
                 }
-                for (r, xr) in xs.iter().enumerate().skip(4 * quads.len()) {
+            }
+            for (r, xr) in xs.iter().enumerate().skip(full) {
+                for (j, w) in tile.clone().zip(&ws) {
                     // SAFETY: as above.
-                    y[r * y_stride + jj] = unsafe { kernel(&w, xr) };
+                    y[r * y_stride + j - first] = unsafe { kernel(w, xr) };
                 }
-            }
-            return;
-        }
-        let dot4 = dot4_kernel();
-        for (jj, j) in rows.enumerate() {
-            let w = weight_row(j);
-            let mut r = 0;
-            // Four activation rows at a time share the unpacking of the weight row (prefill).
-            while r + 4 <= xs.len() {
-                // SAFETY: `dot4_kernel` returns only kernels whose CPU features are present.
-                let acc = unsafe { dot4(&w, [xs[r], xs[r + 1], xs[r + 2], xs[r + 3]]) };
-                for (i, a) in acc.into_iter().enumerate() {
-                    y[(r + i) * y_stride + jj] = a;
-                }
-                r += 4;
-            }
-            for (r, xr) in xs.iter().enumerate().skip(r) {
-                // SAFETY: as above.
-                y[r * y_stride + jj] = unsafe { kernel(&w, xr) };
             }
         }
     }
@@ -656,6 +657,25 @@ mod tests {
                 w.matmul_rows(&QuantizedRows::quantize(row, k), 0..7, &mut alone, 7);
                 assert_eq!(alone, together[r * 7..][..7], "k {k} row {r}");
             }
+        }
+    }
+
+    #[test]
+    fn prefill_tiles_cover_every_weight_row_of_a_range_once() {
+        let mut seed = 3;
+        // 512 bytes per weight row make 32-row tiles: rows 5..150 span five, the last partial;
+        // nine activation rows are two groups of four and one alone.
+        let (n, k, rows) = (150, 1024, 5..150);
+        let (w, _) = matrix(n, k, true, &mut seed);
+        let x: Vec<f32> = (0..9 * k).map(|_| (lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0).collect();
+        let stride = rows.len() + 3;
+        let mut y = vec![f32::NAN; 9 * stride];
+        w.matmul_rows(&QuantizedRows::quantize(&x, k), rows.clone(), &mut y, stride);
+        for (r, row) in x.chunks_exact(k).enumerate() {
+            let mut alone = vec![0f32; rows.len()];
+            w.matmul_rows(&QuantizedRows::quantize(row, k), rows.clone(), &mut alone, rows.len());
+            assert_eq!(alone, y[r * stride..][..rows.len()], "activation row {r}");
+            assert!(y[r * stride + rows.len()..][..3].iter().all(|v| v.is_nan()), "written past the range");
         }
     }
 

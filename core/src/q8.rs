@@ -6,7 +6,7 @@ use tract_onnx::prelude::{f16, Tensor};
 
 #[cfg(target_arch = "x86_64")]
 use crate::qblock::PREFETCH_BYTES;
-use crate::qblock::{offsets_dot, Blocks, Codes, Isa, QuantizedRows, XRow, BLOCK};
+use crate::qblock::{offsets_dot, prefill_tiles, Blocks, Codes, Isa, QuantizedRows, XRow, BLOCK};
 #[cfg(target_arch = "aarch64")]
 use crate::simd_neon::{sdot, widen4};
 #[cfg(target_arch = "x86_64")]
@@ -93,12 +93,20 @@ impl Q8Matrix {
         let kernel = dot_kernel(x.rows() == 1);
         let codes = self.codes.signed();
         let xs: Vec<XRow> = (0..x.rows()).map(|r| x.row(r)).collect();
-        for (jj, j) in rows.enumerate() {
+        let weight_row = |j: usize| {
             let (scales, offsets) = self.blocks.row(j);
-            let w = WRow8 { codes: &codes[j * k..][..k], scales, offsets };
+            WRow8 { codes: &codes[j * k..][..k], scales, offsets }
+        };
+        let first = rows.start;
+        // Each activation row stays in cache while a tile of weight rows passes.
+        for tile in prefill_tiles(rows, k) {
+            let ws: Vec<WRow8> = tile.clone().map(weight_row).collect();
             for (r, xr) in xs.iter().enumerate() {
-                // SAFETY: `dot_kernel` returns only kernels whose CPU features are present.
-                y[r * y_stride + jj] = unsafe { kernel(&w, xr) };
+                let out = &mut y[r * y_stride + tile.start - first..][..ws.len()];
+                for (out, w) in out.iter_mut().zip(&ws) {
+                    // SAFETY: `dot_kernel` returns only kernels whose CPU features are present.
+                    *out = unsafe { kernel(w, xr) };
+                }
             }
         }
     }
@@ -276,6 +284,31 @@ mod tests {
         eprintln!("8-bit kernel: {}", kernel_name());
         assert!(Blocks::new(2, 48, vec![1.0; 3], None).is_none());
         assert!(Q8Matrix::new(vec![0; 63], Blocks::new(2, 32, vec![1.0; 2], None).unwrap()).is_none());
+    }
+
+    #[test]
+    fn prefill_tiles_cover_every_weight_row_of_a_range_once() {
+        let mut seed = 9u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed >> 33
+        };
+        // 2 048 bytes per weight row make 8-row tiles: rows 3..40 span five, the last partial.
+        let (n, k, rows) = (40, 2048, 3..40);
+        let codes: Vec<i8> = (0..n * k).map(|_| (next() % 256) as u8 as i8).collect();
+        let scales: Vec<f32> =
+            (0..n * k / BLOCK).map(|_| f16::from_f32((next() % 1000) as f32 * 1e-4).to_f32()).collect();
+        let w = Q8Matrix::new(codes, Blocks::new(n, k, scales, None).unwrap()).unwrap();
+        let x: Vec<f32> = (0..5 * k).map(|_| (next() % 2001) as f32 / 1000.0 - 1.0).collect();
+        let stride = rows.len() + 2;
+        let mut y = vec![f32::NAN; 5 * stride];
+        w.matmul_rows(&QuantizedRows::quantize(&x, k), rows.clone(), &mut y, stride);
+        for (r, row) in x.chunks_exact(k).enumerate() {
+            let mut alone = vec![0f32; rows.len()];
+            w.matmul_rows(&QuantizedRows::quantize(row, k), rows.clone(), &mut alone, rows.len());
+            assert_eq!(alone, y[r * stride..][..rows.len()], "activation row {r}");
+            assert!(y[r * stride + rows.len()..][..2].iter().all(|v| v.is_nan()), "written past the range");
+        }
     }
 
     fn matches_the_integer_reference(k: usize) {

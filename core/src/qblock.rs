@@ -4,6 +4,8 @@
 //! (`scale = amax / 127`, `q = round_half_even(x * (127 / amax))`): the integer products of a
 //! block are then the ones onnxruntime computes.
 
+use std::ops::Range;
+
 use tract_onnx::prelude::{f16, Tensor};
 
 /// Values per block.
@@ -16,6 +18,22 @@ pub const BLOCK: usize = 32;
 /// beat 1 and 4 KiB). Not measured on ARM yet, so the NEON kernels do not prefetch.
 #[cfg(target_arch = "x86_64")]
 pub const PREFETCH_BYTES: usize = 8192;
+
+/// Bytes of weight rows a product with several activation rows (prefill) computes before moving
+/// on to the next ones: the tile stays in the L1 cache while every activation row passes, so each
+/// activation row is read from farther away once per tile instead of once per weight row, which
+/// had made the 4-bit prefill wait on the L2 cache (default model, means of 6 interleaved runs:
+/// 525 → 632 tok/s at 1 thread, 831 → 1039 at 2; the 8-bit kernel, one activation row at a time,
+/// is unchanged).
+const TILE_BYTES: usize = 16 * 1024;
+
+/// `rows` cut into consecutive tiles of about [`TILE_BYTES`] of weight rows (`row_bytes` each),
+/// at least four rows per tile.
+pub(crate) fn prefill_tiles(rows: Range<usize>, row_bytes: usize) -> impl Iterator<Item = Range<usize>> {
+    let per_tile = (TILE_BYTES / row_bytes.max(1)).max(4);
+    let end = rows.end;
+    rows.step_by(per_tile).map(move |start| start..end.min(start + per_tile))
+}
 
 /// The integer dot-product instructions this CPU offers, best first: the 4- and 8-bit kernels are
 /// chosen from it.
