@@ -6,7 +6,8 @@
 //! lives in the op's per-session state ([`LayerKv`]), new keys and values are appended in place,
 //! decode reads the cache where it is, and prefill chunks use ndarray's GEMM.
 
-use ndarray::{s, ArrayView2, ArrayViewMut2, Axis};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 use tract_linalg::element_wise::ElementWise;
 use tract_linalg::multithread::{current_tract_executor, Executor};
 use tract_linalg::reduce::{MapReduce, Reduce};
@@ -21,6 +22,9 @@ const DIRECT_ROWS: usize = 16;
 
 /// Cached positions from which the direct kernel's heads run as tasks on a multithread plan's pool.
 const PARALLEL_POSITIONS: usize = 256;
+
+/// Prefill GEMM pieces per pool thread (all heads together).
+const PIECES_PER_THREAD: usize = 2;
 
 /// Appends `k_new`, `v_new` (`[1, kv, seq, d]`) to the session's cache, then computes
 /// `out[h, r] = softmax(scale * q[h, r] . k[h, j] for j <= pos(r)) . v[h, j]` with q
@@ -120,28 +124,49 @@ impl OpState for LayerCache {
                     _ => heads_iter.for_each(|(h, (q, o))| head(h, q, o)),
                 }
             } else {
-                let q = q.view();
-                let head = |h: usize, mut out: ArrayViewMut2<f32>| {
-                    // The GEMMs read f32: an f16 cache is widened here, one head at a time.
-                    let (keys, values) = (kv.keys(h).to_f32(), kv.values(h).to_f32());
-                    let k = ArrayView2::from_shape((total, dim), &keys[..]).expect("whole positions");
-                    let v = ArrayView2::from_shape((total, dim), &values[..]).expect("whole positions");
-                    attend(head_view(&q, h), k, v, &visible, &softmax, &mut out)
+                let (Some(q), Some(o)) = (q.as_slice(), out_view.as_slice_mut()) else {
+                    bail!("attention tensors must be contiguous")
                 };
-                let mut out_heads = out_view.index_axis_mut(Axis(0), 0);
-                let outs: Vec<ArrayViewMut2<f32>> = out_heads
-                    .axis_iter_mut(Axis(0))
-                    .map(|o| o.into_dimensionality::<ndarray::Ix2>().expect("rank checked"))
+                // On a pool, each head's rows in pieces, so that a few heads spread over the
+                // threads evenly (three heads on two threads: six pieces instead of two rounds);
+                // a piece reads only the positions its rows see.
+                let executor = current_tract_executor();
+                let per_head = match &executor {
+                    Executor::MultiThread(pool) => (PIECES_PER_THREAD * pool.current_num_threads()).div_ceil(heads),
+                    _ => 1,
+                };
+                let piece_rows = rows.div_ceil(per_head).max(1);
+                let pieces: Vec<(usize, std::ops::Range<usize>)> = (0..heads)
+                    .flat_map(|h| (0..rows).step_by(piece_rows).map(move |r| (h, r..rows.min(r + piece_rows))))
                     .collect();
-                // Heads are independent: spread them over the plan's thread pool when it has one.
-                match current_tract_executor() {
-                    Executor::MultiThread(pool) if heads > 1 => pool.scope(|scope| {
-                        for (h, o) in outs.into_iter().enumerate() {
-                            let head = &head;
-                            scope.spawn(move |_| head(h, o));
+                let mut outs = Vec::with_capacity(pieces.len());
+                let mut rest = o;
+                for (_, r) in &pieces {
+                    let (piece, tail) = rest.split_at_mut(r.len() * dim);
+                    outs.push(piece);
+                    rest = tail;
+                }
+                let piece = |h: usize, r: std::ops::Range<usize>, out: &mut [f32]| {
+                    let visible = &visible[r.clone()];
+                    let seen = visible.iter().copied().max().unwrap_or(0);
+                    // The GEMMs read f32: an f16 or int8 cache is widened here, per piece.
+                    let keys = kv.keys(h).first(seen, dim).to_f32();
+                    let values = kv.values(h).first(seen, dim).to_f32();
+                    let k = ArrayView2::from_shape((seen, dim), &keys[..]).expect("whole positions");
+                    let v = ArrayView2::from_shape((seen, dim), &values[..]).expect("whole positions");
+                    let q = ArrayView2::from_shape((r.len(), dim), &q[(h * rows + r.start) * dim..][..r.len() * dim])
+                        .expect("whole rows");
+                    let out = ArrayViewMut2::from_shape((r.len(), dim), out).expect("whole rows");
+                    attend(q, k, v, visible, &softmax, out)
+                };
+                match executor {
+                    Executor::MultiThread(pool) if pieces.len() > 1 => pool.scope(|scope| {
+                        for ((h, r), out) in pieces.into_iter().zip(outs) {
+                            let piece = &piece;
+                            scope.spawn(move |_| piece(h, r, out));
                         }
                     }),
-                    _ => outs.into_iter().enumerate().for_each(|(h, o)| head(h, o)),
+                    _ => pieces.into_iter().zip(outs).for_each(|((h, r), out)| piece(h, r, out)),
                 }
             }
         }
@@ -153,26 +178,21 @@ impl OpState for LayerCache {
     }
 }
 
-/// Head `h` of a `[1, heads, rows, dim]` tensor.
-fn head_view<'a>(t: &ndarray::ArrayViewD<'a, f32>, h: usize) -> ArrayView2<'a, f32> {
-    t.clone().slice_move(s![0, h, .., ..]).into_dimensionality::<ndarray::Ix2>().expect("rank checked")
-}
-
-/// One KV head over many query rows (prefill): two GEMMs around the softmax. `k` and `v` are
-/// `[positions][dim]`.
+/// Query rows of one KV head (prefill): two GEMMs around the softmax. `k` and `v` are
+/// `[positions][dim]`; row `r` sees the first `visible[r]` positions.
 fn attend(
     q: ArrayView2<f32>,
     k: ArrayView2<f32>,
     v: ArrayView2<f32>,
     visible: &[usize],
     softmax: &Softmax,
-    out: &mut ArrayViewMut2<f32>,
+    mut out: ArrayViewMut2<f32>,
 ) {
     let mut scores = q.dot(&k.t());
     for (mut row, &n) in scores.axis_iter_mut(Axis(0)).zip(visible) {
         softmax.apply(row.as_slice_mut().expect("fresh array is contiguous"), n);
     }
-    out.assign(&scores.dot(&v));
+    general_mat_mul(1.0, &scores, &v, 0.0, &mut out);
 }
 
 /// Whether [`DecodePass`] can take [`crate::attention_x86`]'s kernels: x86 with AVX2, FMA and F16C
@@ -378,6 +398,8 @@ impl Softmax {
 
 #[cfg(test)]
 mod tests {
+    use tract_linalg::multithread::multithread_tract_scope;
+
     use super::*;
 
     /// Plain f64 attention with the same layout and mask, as the reference.
@@ -439,7 +461,10 @@ mod tests {
             let scale = 1.0 / (dim as f64).sqrt();
             let op = CachedAttention { scale_bits: (scale as f32).to_bits() };
             // (new tokens, cached tokens before them): decode (direct kernel) and prefill (GEMM).
-            for (seq, past) in [(1usize, 0usize), (1, 37), (3, 5), (12, 0), (12, 20), (1, 300)] {
+            // (50, 30): 150 rows per head, on three threads three pieces, one crossing a query
+            // head's end.
+            let cases = [(1usize, 0usize), (1, 37), (3, 5), (12, 0), (12, 20), (1, 300), (50, 30)];
+            for ((seq, past), threads) in cases.into_iter().flat_map(|c| [(c, 1), (c, 3)]) {
                 let (heads, group, total) = (2, 3, past + seq);
                 let k = random(&[1, heads, total, dim], 2).0;
                 let v = random(&[1, heads, total, dim], 3).0;
@@ -465,13 +490,14 @@ mod tests {
                 }
                 let q = random(&[1, heads, group * seq, dim], 1);
                 let inputs = tvec![q.1, part(&k, past, total), part(&v, past, total), positions(past, total)];
-                let got = state.eval(&ctx, &op, inputs).unwrap().remove(0);
+                let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
+                let got = multithread_tract_scope(executor, || state.eval(&ctx, &op, inputs).unwrap().remove(0));
                 let want = reference(&q.0, &k, &v, &(past as i64..total as i64).collect::<Vec<_>>(), dim, scale);
                 let got = got.to_plain_array_view::<f32>().unwrap().iter().copied().collect::<Vec<f32>>();
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     assert!(
                         (g - w).abs() < tolerance,
-                        "dim {dim} {precision:?} seq {seq} past {past} at {i}: {g} vs {w}"
+                        "dim {dim} {precision:?} seq {seq} past {past} threads {threads} at {i}: {g} vs {w}"
                     );
                 }
                 let position = match precision {

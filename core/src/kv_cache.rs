@@ -50,6 +50,15 @@ impl<'a> Head<'a> {
         }
     }
 
+    /// The first `n` positions of `dim` values.
+    pub(crate) fn first(self, n: usize, dim: usize) -> Head<'a> {
+        match self {
+            Head::F32(v) => Head::F32(&v[..n * dim]),
+            Head::F16(v) => Head::F16(&v[..n * dim]),
+            Head::Q8 { codes, scales } => Head::Q8 { codes: &codes[..n * dim], scales: &scales[..n] },
+        }
+    }
+
     /// All values as f32 (borrowed when held as f32).
     pub(crate) fn to_f32(self) -> Cow<'a, [f32]> {
         match self {
