@@ -85,45 +85,51 @@ impl Q4Matrix {
         }
     }
 
+    /// Weight rows `rows`, in order (sliced once for the range, not per row).
+    fn weight_rows(&self, rows: std::ops::Range<usize>) -> impl Iterator<Item = WRow<'_>> {
+        let (row_bytes, nb) = (self.blocks.k() / 2, self.blocks.k() / BLOCK);
+        let codes = &self.codes.bytes()[rows.start * row_bytes..rows.end * row_bytes];
+        let (scales, offsets) = self.blocks.rows(rows);
+        codes.chunks_exact(row_bytes).zip(scales.chunks_exact(nb)).enumerate().map(move |(i, (codes, scales))| WRow {
+            codes,
+            scales,
+            offsets: offsets.get(i * nb..(i + 1) * nb).unwrap_or(&[]),
+        })
+    }
+
     /// `y[r][j] = Σ_i w[j][i] x_r[i]` for rows `j` in `rows` of the matrix and every quantized
     /// activation row `r` of `x`; `y` is `[x.rows()][rows.len()]`, row-major, stride `y_stride`.
     pub fn matmul_rows(&self, x: &QuantizedRows, rows: std::ops::Range<usize>, y: &mut [f32], y_stride: usize) {
         let row_bytes = self.blocks.k() / 2;
-        let codes = self.codes.bytes();
-        let row = |r: usize| x.row(r);
-        let weight_row = |j: usize| {
-            let (scales, offsets) = self.blocks.row(j);
-            WRow { codes: &codes[j * row_bytes..][..row_bytes], scales, offsets }
-        };
         // The kernel is chosen once for all weight rows.
         let kernel = dot_kernel(x.rows() == 1);
         if x.rows() == 1 {
             // Decode: one activation row.
-            let x = row(0);
+            let x = x.row(0);
+            let mut ws = self.weight_rows(rows.clone());
             #[cfg(target_arch = "x86_64")]
             if Isa::detect() == Isa::AvxVnni {
                 // Two weight rows per call share the activation's loads (same bits as one by one).
                 let mut outs = y[..rows.len()].chunks_exact_mut(2);
-                let mut j = rows.start;
-                for out in &mut outs {
+                let pairs = std::iter::from_fn(|| Some([ws.next()?, ws.next()?]));
+                for (out, pair) in (&mut outs).zip(pairs) {
                     // SAFETY: the CPU has AVX-VNNI (checked above); rows hold `k / 32` blocks.
-                    out.copy_from_slice(&unsafe { dot_vnni_wrows::<2, true>([weight_row(j), weight_row(j + 1)], &x) });
-                    j += 2;
+                    out.copy_from_slice(&unsafe { dot_vnni_wrows::<2, true>(pair, &x) });
                 }
-                for out in outs.into_remainder() {
+                for (out, w) in outs.into_remainder().iter_mut().zip(ws) {
                     // SAFETY: as above.
-                    *out = unsafe { kernel(&weight_row(j), &x) };
+                    *out = unsafe { kernel(&w, &x) };
                 }
                 return;
             }
-            for (out, j) in y.iter_mut().zip(rows) {
+            for (out, w) in y.iter_mut().zip(ws) {
                 // SAFETY: `dot_kernel` returns only kernels whose CPU features are present.
-                *out = unsafe { kernel(&weight_row(j), &x) };
+                *out = unsafe { kernel(&w, &x) };
             }
             return;
         }
         // The activation rows' views, made once rather than per weight row (~2% of prefill).
-        let xs: Vec<XRow> = (0..x.rows()).map(row).collect();
+        let xs: Vec<XRow> = (0..x.rows()).map(|r| x.row(r)).collect();
         let full = xs.len() / 4 * 4;
         let first = rows.start;
         #[cfg(target_arch = "x86_64")]
@@ -133,7 +139,7 @@ impl Q4Matrix {
         };
         let dot4 = dot4_kernel();
         for tile in prefill_tiles(rows, row_bytes) {
-            let ws: Vec<WRow> = tile.clone().map(weight_row).collect();
+            let ws: Vec<WRow> = self.weight_rows(tile.clone()).collect();
             // Four activation rows at a time share the unpacking of each weight row, and they
             // stay in cache while the tile's weight rows pass.
             for (g, x4) in xs.chunks_exact(4).enumerate() {

@@ -207,6 +207,13 @@ impl Blocks {
         (&self.scales[j * nb..][..nb], self.offsets.as_ref().map_or(&[][..], |o| &o[j * nb..][..nb]))
     }
 
+    /// Rows `rows`' scales and offsets, row after row (offsets empty when symmetric).
+    pub(crate) fn rows(&self, rows: Range<usize>) -> (&[f16], &[f16]) {
+        let nb = self.k / BLOCK;
+        let part = rows.start * nb..rows.end * nb;
+        (&self.scales[part.clone()], self.offsets.as_ref().map_or(&[][..], |o| &o[part]))
+    }
+
     /// True when the scales are exactly `scales` and there are no offsets.
     pub fn is_symmetric_with(&self, scales: &[f32]) -> bool {
         self.offsets.is_none()
