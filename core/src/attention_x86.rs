@@ -112,3 +112,43 @@ pub(crate) unsafe fn mix<E: Lanes>(probs: &[f32], values: &[E], rows: usize, dim
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_and_mix_match_plain_sums_for_every_row_group_and_key_tail() {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")) {
+            return;
+        }
+        let dim = 64;
+        let value = |i: usize| ((i * 7919 % 2003) as f32 - 1001.0) / 1001.0;
+        for rows in 1..=7 {
+            for total in [0, 1, 3, 4, 5, 9, 70] {
+                let q: Vec<f32> = (0..rows * dim).map(|i| value(i + 17)).collect();
+                let keys: Vec<f16> = (0..total * dim).map(|i| f16::from_f32(value(i + 5))).collect();
+                let mut got = vec![f32::NAN; rows * total];
+                unsafe { scores(&q, &keys, rows, dim, &mut got) };
+                for r in 0..rows {
+                    for j in 0..total {
+                        let want: f64 = (0..dim).map(|c| q[r * dim + c] as f64 * keys[j * dim + c].to_f64()).sum();
+                        let g = got[r * total + j] as f64;
+                        assert!((g - want).abs() < 1e-4, "rows {rows} total {total} ({r}, {j}): {g} vs {want}");
+                    }
+                }
+                let probs: Vec<f32> = (0..rows * total).map(|i| value(i + 3).abs()).collect();
+                let mut out = vec![f32::NAN; rows * dim];
+                unsafe { mix(&probs, &keys, rows, dim, &mut out) };
+                for r in 0..rows {
+                    for c in 0..dim {
+                        let want: f64 =
+                            (0..total).map(|j| probs[r * total + j] as f64 * keys[j * dim + c].to_f64()).sum();
+                        let g = out[r * dim + c] as f64;
+                        assert!((g - want).abs() < 1e-4, "rows {rows} total {total} ({r}, {c}): {g} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+}
