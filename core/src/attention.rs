@@ -15,6 +15,7 @@ use tract_linalg::routines::Func;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
+use crate::attention_layout::Layout;
 use crate::kv_cache::{Head, KvPrecision, LayerKv};
 
 /// Rows at or below which the direct (per-row) kernel runs instead of GEMM.
@@ -34,6 +35,10 @@ const PIECES_PER_THREAD: usize = 2;
 pub struct CachedAttention {
     /// `scale` as f32 bits (ops must be hashable).
     pub scale_bits: u32,
+    /// `Some(query heads)`: the sequence-major form ([`crate::attention_layout`]), with inputs q
+    /// `[1, seq, heads · d]`, k and v `[1, seq, kv · d]`, positions, and the rotary embedding's
+    /// cos and sin `[1, 1, seq, d]` (applied to q and k here), and output `[1, seq, heads · d]`.
+    pub sequence_major: Option<usize>,
 }
 
 impl Op for CachedAttention {
@@ -54,7 +59,7 @@ impl EvalOp for CachedAttention {
 
 impl TypedOp for CachedAttention {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(inputs.len() == 4);
+        ensure!(inputs.len() == if self.sequence_major.is_some() { 6 } else { 4 });
         Ok(tvec!(f32::fact(inputs[0].shape.clone())))
     }
     as_op!();
@@ -85,7 +90,29 @@ impl LayerCache {
 }
 
 impl OpState for LayerCache {
-    fn eval(&mut self, _ctx: &EvalContext, _op: &dyn Op, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+    fn eval(&mut self, _ctx: &EvalContext, op: &dyn Op, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let q_heads = op.downcast_ref::<CachedAttention>().and_then(|op| op.sequence_major);
+        let out = match q_heads {
+            Some(q_heads) => {
+                ensure!(inputs.len() == 6, "sequence-major attention takes 6 inputs");
+                let layout = Layout::of(&inputs[0], &inputs[1], &inputs[4], q_heads)?;
+                let out = self.attend(layout.to_head_major(&inputs)?)?;
+                layout.to_sequence_major(&out)?
+            }
+            None => self.attend(inputs)?,
+        };
+        Ok(tvec!(out.into_tvalue()))
+    }
+
+    fn reset_lanes(&mut self, _lanes: &[LaneId]) -> TractResult<()> {
+        Ok(())
+    }
+}
+
+impl LayerCache {
+    /// The head-major form: appends `k_new`, `v_new` and attends with `q` (see
+    /// [`CachedAttention`]).
+    fn attend(&mut self, inputs: TVec<TValue>) -> TractResult<Tensor> {
         let (q, k_new, v_new, positions) = args_4!(inputs);
         let q = q.to_plain_array_view::<f32>()?;
         let k_new = k_new.to_plain_array_view::<f32>()?;
@@ -170,11 +197,7 @@ impl OpState for LayerCache {
                 }
             }
         }
-        Ok(tvec!(out.into_tvalue()))
-    }
-
-    fn reset_lanes(&mut self, _lanes: &[LaneId]) -> TractResult<()> {
-        Ok(())
+        Ok(out)
     }
 }
 
@@ -459,7 +482,7 @@ mod tests {
             (64, KvPrecision::Q8, 1e-2),
         ] {
             let scale = 1.0 / (dim as f64).sqrt();
-            let op = CachedAttention { scale_bits: (scale as f32).to_bits() };
+            let op = CachedAttention { scale_bits: (scale as f32).to_bits(), sequence_major: None };
             // (new tokens, cached tokens before them): decode (direct kernel) and prefill (GEMM).
             // (50, 30): 150 rows per head, on three threads three pieces, one crossing a query
             // head's end.

@@ -13,8 +13,8 @@ use crate::error::{Error, Result};
 use crate::interface::{check_interface, find_slots, Slots};
 use crate::kv_cache::KvPrecision;
 use crate::rewrite::{
-    fuse_attention, fuse_rope, fuse_shared_input_linears, fuse_swiglu, last_position_logits, share_embedding_table,
-    untie_shared_constants,
+    fuse_attention, fuse_rope, fuse_shared_input_linears, fuse_swiglu, last_position_logits, sequence_major_attention,
+    share_embedding_table, untie_shared_constants,
 };
 
 /// The optimised, runnable decoder, shared by all sessions of a model.
@@ -141,6 +141,9 @@ impl DecoderGraph {
         let mut optimized = typed.into_optimized().map_err(|e| graph_err("optimisation failed", e))?;
         lap("optimised");
         untie_shared_constants(&mut optimized).map_err(|e| graph_err("packing shared weights", e))?;
+        let sequence_major =
+            sequence_major_attention(&mut optimized).map_err(|e| graph_err("rewiring attention", e))?;
+        log::debug!("{sequence_major} attention blocks read their products' layout");
         let slots = find_slots(&optimized, config)?;
         let executor = if threads > 1 {
             // tract only splits a matrix product across the pool above a size gate (64 panels or
@@ -274,7 +277,10 @@ mod tests {
         assert_eq!(ops.iter().filter(|o| *o == "EmbedQ8").count(), 1);
         assert_eq!(ops.iter().filter(|o| *o == "EmbedQ4").count(), 1);
         assert_eq!(ops.iter().filter(|o| *o == "Gather").count(), 1, "{ops:?}");
-        let gone = ["PendingNBits", "PendingTable", "GatherCodes", "GatherBlockQuantized"];
+        // Attention reads the products' layout and rotates q and k itself (attention_layout.rs).
+        assert_eq!(ops.iter().filter(|o| *o == "CachedAttention").count(), 2, "{ops:?}");
+        let gone =
+            ["PendingNBits", "PendingTable", "GatherCodes", "GatherBlockQuantized", "Rope", "MoveAxis", "Reshape"];
         assert!(!ops.iter().any(|o| gone.contains(&o.as_str())), "{ops:?}");
     }
 

@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 mod attention;
+mod attention_layout;
 #[cfg(target_arch = "x86_64")]
 mod attention_x86;
 mod cancel;

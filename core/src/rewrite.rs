@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::internal::{bail, ensure, TractErrorContext};
+use tract_onnx::tract_core::internal::{bail, ensure, DimLike, TractErrorContext};
 use tract_onnx::tract_core::ops::array::{Gather, Slice, TypedConcat};
 use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
@@ -91,7 +91,7 @@ pub fn fuse_attention(model: &mut TypedModel, config: &ModelConfig) -> TractResu
             .collect::<TractResult<TVec<_>>>()?;
         let wire = patch.wire_node(
             format!("{}.fused", name(output)),
-            CachedAttention { scale_bits: scale.to_bits() },
+            CachedAttention { scale_bits: scale.to_bits(), sequence_major: None },
             &inputs,
         )?[0];
         patch.shunt_outside(model, out, wire)?;
@@ -103,6 +103,93 @@ pub fn fuse_attention(model: &mut TypedModel, config: &ModelConfig) -> TractResu
         }
     }
     Ok(())
+}
+
+/// Makes each [`CachedAttention`] read q, k and v as their products write them and write its
+/// output as the next product reads it ([`crate::attention_layout`]): the reshapes, transposes
+/// and [`Rope`] ops between them, in the optimised graph, leave the plan. Returns how many were
+/// rewritten; an attention whose neighbours have another form is left as it is.
+pub fn sequence_major_attention(model: &mut TypedModel) -> TractResult<usize> {
+    let nodes: Vec<usize> = model.nodes().iter().filter(|n| n.op_is::<CachedAttention>()).map(|n| n.id).collect();
+    let mut rewritten = 0;
+    for id in nodes {
+        let Some(plan) = SequenceMajor::find(model, id) else { continue };
+        let node = model.node(id);
+        let op = CachedAttention {
+            scale_bits: node.op_as::<CachedAttention>().context("attention")?.scale_bits,
+            sequence_major: Some(plan.q_heads),
+        };
+        let name = format!("{}.sequence-major", node.name);
+        let mut patch = TypedModelPatch::new("sequence-major attention");
+        let inputs = plan.inputs.iter().map(|o| patch.tap_model(model, *o)).collect::<TractResult<TVec<_>>>()?;
+        let wire = patch.wire_node(name, op, &inputs)?[0];
+        patch.shunt_outside(model, plan.output, wire)?;
+        patch.apply(model)?;
+        rewritten += 1;
+    }
+    if rewritten > 0 {
+        // The replaced nodes (the old attention with its cache among them) leave the graph.
+        model.compact()?;
+    }
+    Ok(rewritten)
+}
+
+/// What [`sequence_major_attention`] rewires for one attention node.
+struct SequenceMajor {
+    /// q, k, v (`[1, seq, heads · d]`), positions, cos, sin.
+    inputs: [OutletId; 6],
+    /// The `[1, seq, heads · d]` output the attention's result was reshaped to.
+    output: OutletId,
+    q_heads: usize,
+}
+
+impl SequenceMajor {
+    /// The pattern around attention node `id`: q = Reshape(1) ← Rope ← Move(1, 2) ← Reshape(2) ←
+    /// q product; k the same without the first reshape; v = Move(1, 2) ← Reshape(2) ← v product;
+    /// its output read only by Reshape(1) → Move(1, 2) → Reshape(2).
+    fn find(model: &TypedModel, id: usize) -> Option<SequenceMajor> {
+        let node = model.node(id);
+        if node.op_as::<CachedAttention>()?.sequence_major.is_some() || node.inputs.len() != 4 {
+            return None;
+        }
+        let reshape = |op: &AxisOp, axis: usize| matches!(op, AxisOp::Reshape(a, ..) if *a == axis);
+        let transpose = |op: &AxisOp| *op == AxisOp::Move(1, 2);
+        let q_roped = axis_input(model, node.inputs[0], |op| reshape(op, 1))?;
+        let (q_heads, cos, sin) = rope_input(model, q_roped)?;
+        let (k_heads, k_cos, k_sin) = rope_input(model, node.inputs[1])?;
+        let flat = |o: OutletId| axis_input(model, axis_input(model, o, transpose)?, |op| reshape(op, 2));
+        let (q, k, v) = (flat(q_heads)?, flat(k_heads)?, flat(node.inputs[2])?);
+        if (k_cos, k_sin) != (cos, sin) {
+            return None;
+        }
+        let reader = |o: OutletId, is: &dyn Fn(&AxisOp) -> bool| {
+            let [next] = model.outlet_successors(o) else { return None };
+            let op = model.node(next.node).op_as::<AxisOp>()?;
+            is(op).then_some(OutletId::new(next.node, 0))
+        };
+        let output = reader(OutletId::new(id, 0), &|op| reshape(op, 1))?;
+        let output = reader(reader(output, &transpose)?, &|op| reshape(op, 2))?;
+        // Shapes: q [1, seq, heads · d] and the output alike; d from the head-major q.
+        let dim = model.outlet_fact(node.inputs[0]).ok()?.shape.last()?.to_usize().ok()?;
+        let width = model.outlet_fact(q).ok()?.shape.last()?.to_usize().ok()?;
+        let out_fact = model.outlet_fact(output).ok()?;
+        if dim == 0 || width % dim != 0 || out_fact.shape != model.outlet_fact(q).ok()?.shape {
+            return None;
+        }
+        Some(SequenceMajor { inputs: [q, k, v, node.inputs[3], cos, sin], output, q_heads: width / dim })
+    }
+}
+
+/// The input of the [`AxisOp`] node writing `outlet`, if `is` accepts that op.
+fn axis_input(model: &TypedModel, outlet: OutletId, is: impl Fn(&AxisOp) -> bool) -> Option<OutletId> {
+    let node = model.node(outlet.node);
+    is(node.op_as::<AxisOp>()?).then(|| node.inputs[0])
+}
+
+/// The x, cos and sin inputs of the [`Rope`] node writing `outlet`.
+fn rope_input(model: &TypedModel, outlet: OutletId) -> Option<(OutletId, OutletId, OutletId)> {
+    let node = model.node(outlet.node);
+    node.op_is::<Rope>().then(|| (node.inputs[0], node.inputs[1], node.inputs[2]))
 }
 
 /// Makes the LM head run on the last position only: a slice on its hidden-state input. Generation

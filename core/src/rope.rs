@@ -26,7 +26,6 @@ impl EvalOp for Rope {
         ensure!(shape.len() == 4 && shape[0] == 1, "Rope input shape {shape:?}");
         let (seq, dim) = (shape[2], shape[3]);
         ensure!(dim % 2 == 0 && cos.shape() == [1, 1, seq, dim] && sin.shape() == cos.shape());
-        let half = dim / 2;
         let x = x.to_plain_array_view::<f32>()?;
         let (cos, sin) = (cos.to_plain_array_view::<f32>()?, sin.to_plain_array_view::<f32>()?);
         let (Some(x), Some(cos), Some(sin)) = (x.as_slice(), cos.as_slice(), sin.as_slice()) else {
@@ -37,15 +36,22 @@ impl EvalOp for Rope {
             for (((o, x), c), s) in
                 o.chunks_exact_mut(dim).zip(xs.chunks_exact(dim)).zip(cos.chunks_exact(dim)).zip(sin.chunks_exact(dim))
             {
-                let (x1, x2) = x.split_at(half);
-                let (o1, o2) = o.split_at_mut(half);
-                for i in 0..half {
-                    o1[i] = x1[i] * c[i] + -x2[i] * s[i];
-                    o2[i] = x2[i] * c[half + i] + x1[i] * s[half + i];
-                }
+                rotate(x, c, s, o);
             }
         }
         Ok(tvec!(Tensor::from_shape(&shape, &out)?.into_tvalue()))
+    }
+}
+
+/// One head's row: `out = x * cos + rotate_half(x) * sin` (`x`, `cos`, `sin`, `out`: `dim` values,
+/// `dim` even).
+pub(crate) fn rotate(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
+    let half = x.len() / 2;
+    let (x1, x2) = x.split_at(half);
+    let (o1, o2) = out.split_at_mut(half);
+    for i in 0..half {
+        o1[i] = x1[i] * cos[i] + -x2[i] * sin[i];
+        o2[i] = x2[i] * cos[half + i] + x1[i] * sin[half + i];
     }
 }
 
