@@ -13,8 +13,8 @@ use crate::error::{Error, Result};
 use crate::interface::{check_interface, find_slots, Slots};
 use crate::kv_cache::KvPrecision;
 use crate::rewrite::{
-    fuse_attention, fuse_rope, fuse_shared_input_linears, fuse_swiglu, last_position_logits, sequence_major_attention,
-    share_embedding_table, untie_shared_constants,
+    fuse_attention, fuse_residual_norms, fuse_rope, fuse_shared_input_linears, fuse_swiglu, last_position_logits,
+    sequence_major_attention, share_embedding_table, untie_shared_constants,
 };
 
 /// The optimised, runnable decoder, shared by all sessions of a model.
@@ -144,6 +144,8 @@ impl DecoderGraph {
         let sequence_major =
             sequence_major_attention(&mut optimized).map_err(|e| graph_err("rewiring attention", e))?;
         log::debug!("{sequence_major} attention blocks read their products' layout");
+        let norms = fuse_residual_norms(&mut optimized).map_err(|e| graph_err("fusing norms", e))?;
+        log::debug!("{norms} norms fused with their scale (and residual add)");
         let slots = find_slots(&optimized, config)?;
         let executor = if threads > 1 {
             // tract only splits a matrix product across the pool above a size gate (64 panels or
@@ -279,6 +281,9 @@ mod tests {
         assert_eq!(ops.iter().filter(|o| *o == "Gather").count(), 1, "{ops:?}");
         // Attention reads the products' layout and rotates q and k itself (attention_layout.rs).
         assert_eq!(ops.iter().filter(|o| *o == "CachedAttention").count(), 2, "{ops:?}");
+        // Two norms per layer and the final one, each with its scale and residual add.
+        assert_eq!(ops.iter().filter(|o| *o == "ResidualNorm").count(), 2 * 2 + 1, "{ops:?}");
+        assert!(!ops.iter().any(|o| o == "RmsNorm"), "{ops:?}");
         let gone =
             ["PendingNBits", "PendingTable", "GatherCodes", "GatherBlockQuantized", "Rope", "MoveAxis", "Reshape"];
         assert!(!ops.iter().any(|o| gone.contains(&o.as_str())), "{ops:?}");
@@ -308,5 +313,6 @@ mod tests {
     fn an_fp32_model_keeps_its_own_lookup() {
         let ops = ops("tiny");
         assert!(ops.iter().any(|o| o == "Gather") && !ops.iter().any(|o| o == "EmbedQ8" || o == "QLinear"));
+        assert_eq!(ops.iter().filter(|o| *o == "ResidualNorm").count(), 2 * 2 + 1, "{ops:?}");
     }
 }

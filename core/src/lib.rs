@@ -36,6 +36,7 @@ mod kv_cache;
 mod memory;
 mod model;
 mod nbits;
+mod norm;
 mod offsets;
 mod perplexity;
 #[cfg(test)]

@@ -362,8 +362,7 @@ unsafe fn odd_block(w: &WRow, x: &XRow) -> f32 {
 /// Row `i`'s result from the two accumulators: its lane for even blocks plus its lane for odd
 /// ones, then the odd last block and the offsets term.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-#[inline]
+#[inline(always)]
 unsafe fn finish(acc: [std::arch::x86_64::__m256; 2], i: usize, w: &WRow, x: &XRow) -> f32 {
     use std::arch::x86_64::*;
     let mut lanes = [0f32; 8];
@@ -406,7 +405,11 @@ unsafe fn dot_vnni_wrows<const W: usize, const PREFETCH: bool>(w: [WRow; W], x: 
     if p < pairs {
         wrows_pair(&w, x, p, &mut acc[0]);
     }
-    std::array::from_fn(|i| finish(acc, i, &w[i], x))
+    let mut out = [0f32; W];
+    for (i, (out, w)) in out.iter_mut().zip(&w).enumerate() {
+        *out = finish(acc, i, w, x);
+    }
+    out
 }
 
 /// Pair `p` of [`dot_vnni_wrows`] into `acc`. A function, not a closure, so that it is always
@@ -477,7 +480,7 @@ unsafe fn dot_vnni_quad(w: &WRow, quad: &Quad) -> [f32; 4] {
     if p < pairs {
         quad_pair(w, quad, p, &mut acc[0]);
     }
-    std::array::from_fn(|r| finish(acc, r, w, &x[r]))
+    [finish(acc, 0, w, &x[0]), finish(acc, 1, w, &x[1]), finish(acc, 2, w, &x[2]), finish(acc, 3, w, &x[3])]
 }
 
 /// Pair `p` of [`dot_vnni_quad`] into `acc` (a function so that it is always inlined, as

@@ -11,14 +11,15 @@ use tract_onnx::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::konst::Const;
 
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::binary::{OptBinUnicast, TypedBinOp};
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::math::{Mul, Sub};
-use tract_onnx::tract_core::ops::nn::Sigmoid;
+use tract_onnx::tract_core::ops::nn::{RmsNorm, Sigmoid};
 
 use crate::attention::CachedAttention;
 use crate::config::ModelConfig;
 use crate::embed::{Embed, GatherCodes};
+use crate::norm::ResidualNorm;
 use crate::qlinear::{QLinear, QWeight};
 use crate::rope::Rope;
 use crate::swiglu::SwiGlu;
@@ -190,6 +191,68 @@ fn axis_input(model: &TypedModel, outlet: OutletId, is: impl Fn(&AxisOp) -> bool
 fn rope_input(model: &TypedModel, outlet: OutletId) -> Option<(OutletId, OutletId, OutletId)> {
     let node = model.node(outlet.node);
     node.op_is::<Rope>().then(|| (node.inputs[0], node.inputs[1], node.inputs[2]))
+}
+
+/// Replaces each `RmsNorm` over the last axis followed by a `Mul` by constant weights, with the
+/// residual `Add` before it when there is one, by one [`ResidualNorm`] (in the optimised graph).
+/// Returns how many were fused.
+pub fn fuse_residual_norms(model: &mut TypedModel) -> TractResult<usize> {
+    let norms: Vec<usize> = model.nodes().iter().filter(|n| n.op_is::<RmsNorm>()).map(|n| n.id).collect();
+    let mut fused = 0;
+    for id in norms {
+        let Some((eps, gamma, scaled)) = scaled_norm(model, id) else { continue };
+        let input = model.node(id).inputs[0];
+        // The residual add: two inputs of the norm's shape, no broadcast.
+        let add = model.node(input.node);
+        let shape = model.outlet_fact(input)?.shape.clone();
+        let residual = add.op_as::<TypedBinOp>().is_some_and(|op| op.0.name() == "Add")
+            && add.inputs.len() == 2
+            && add
+                .inputs
+                .iter()
+                .all(|i| model.outlet_fact(*i).is_ok_and(|f| f.shape == shape && f.datum_type == f32::datum_type()));
+        let inputs = if residual { add.inputs.clone() } else { vec![input] };
+        let op = ResidualNorm { residual, eps_bits: eps.to_bits(), gamma };
+        let name = format!("{}.fused", model.node(id).name);
+        let mut patch = TypedModelPatch::new("fuse residual norm");
+        let taps = inputs.iter().map(|o| patch.tap_model(model, *o)).collect::<TractResult<TVec<_>>>()?;
+        let wires = patch.wire_node(name, op, &taps)?;
+        if residual {
+            patch.shunt_outside(model, input, wires[0])?;
+        }
+        patch.shunt_outside(model, scaled, wires[wires.len() - 1])?;
+        patch.apply(model)?;
+        fused += 1;
+    }
+    if fused > 0 {
+        model.compact()?;
+    }
+    Ok(fused)
+}
+
+/// For `RmsNorm` node `id` over the last axis whose only reader multiplies it by a constant of one
+/// value per feature: its epsilon, those weights, and the product's outlet.
+fn scaled_norm(model: &TypedModel, id: usize) -> Option<(f32, Arc<Vec<f32>>, OutletId)> {
+    let node = model.node(id);
+    let norm = node.op_as::<RmsNorm>()?;
+    let rank = model.outlet_fact(node.inputs[0]).ok()?.rank();
+    let eps = norm.eps.cast_to_scalar::<f32>().ok()?;
+    let dim = model.outlet_fact(node.inputs[0]).ok()?.shape.last()?.to_usize().ok()?;
+    let [reader] = model.outlet_successors(OutletId::new(id, 0)) else { return None };
+    let mul = model.node(reader.node);
+    let is_mul = mul.op_as::<OptBinUnicast>().is_some_and(|op| op.binop.name() == "Mul")
+        || mul.op_as::<TypedBinOp>().is_some_and(|op| op.0.name() == "Mul");
+    if norm.axis + 1 != rank || !is_mul || mul.inputs.len() != 2 {
+        return None;
+    }
+    let weights = mul.inputs[1 - reader.slot];
+    let gamma = const_of(model, weights)?;
+    let f32_fact = |o: OutletId| model.outlet_fact(o).ok().is_some_and(|f| f.datum_type == f32::datum_type());
+    if gamma.datum_type() != f32::datum_type() || gamma.len() != dim || !f32_fact(node.inputs[0]) {
+        return None;
+    }
+    let gamma = Arc::new(gamma.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?.to_vec());
+    Some((eps, gamma, OutletId::new(mul.id, 0)))
 }
 
 /// Makes the LM head run on the last position only: a slice on its hidden-state input. Generation
