@@ -12,6 +12,23 @@ use crate::simd_x86::hsum;
 /// Query rows that share one pass over the keys.
 const GROUP: usize = 4;
 
+/// Positions ahead of the one being read whose cache lines the kernels ask for: the KV cache is
+/// read once per step, after the weights have streamed through every cache level, and a head's
+/// positions are too few for the hardware prefetcher to ramp up on its own.
+const AHEAD: usize = 16;
+
+/// Asks for the cache lines of position `j` (`dim` values) of `x`, if it has one.
+#[inline(always)]
+unsafe fn prefetch_position<E>(x: &[E], j: usize, dim: usize) {
+    let bytes = dim * std::mem::size_of::<E>();
+    if (j + 1) * dim <= x.len() {
+        let start = x.as_ptr().add(j * dim) as *const i8;
+        for line in (0..bytes).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(start.add(line));
+        }
+    }
+}
+
 /// A KV cache element the kernels load eight at a time as f32 (int8 codes unscaled: the caller
 /// applies each position's scale).
 pub(crate) trait Lanes: Copy {
@@ -71,6 +88,7 @@ unsafe fn score_group<E: Lanes, const N: usize>(q: &[f32], keys: &[E], dim: usiz
     let q = q.as_ptr();
     for j in 0..total {
         let key = keys.as_ptr().add(j * dim);
+        prefetch_position(keys, j + AHEAD, dim);
         let mut acc = [_mm256_setzero_ps(); N];
         for c in (0..dim).step_by(8) {
             let k = E::load8(key.add(c));
@@ -100,6 +118,9 @@ pub(crate) unsafe fn mix<E: Lanes>(probs: &[f32], values: &[E], rows: usize, dim
         for c0 in (0..dim).step_by(64) {
             let mut acc = [_mm256_setzero_ps(); 8];
             for j in 0..total {
+                if r == 0 && c0 == 0 {
+                    prefetch_position(values, j + AHEAD, dim);
+                }
                 let p = _mm256_broadcast_ss(&*probs.add(j));
                 let value = values.as_ptr().add(j * dim + c0);
                 for (c, acc) in acc.iter_mut().enumerate() {
