@@ -601,6 +601,7 @@ unsafe fn dot_rows_neon<const R: usize, const SDOT: bool>(w: &WRow, x: [&XRow; R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::qblock::assert_rows_alone_match_together;
 
     fn lcg(seed: &mut u64) -> u64 {
         *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -695,15 +696,7 @@ mod tests {
         let (n, k, rows) = (150, 1024, 5..150);
         let (w, _) = matrix(n, k, true, &mut seed);
         let x: Vec<f32> = (0..9 * k).map(|_| (lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0).collect();
-        let stride = rows.len() + 3;
-        let mut y = vec![f32::NAN; 9 * stride];
-        w.matmul_rows(&QuantizedRows::quantize(&x, k), rows.clone(), &mut y, stride);
-        for (r, row) in x.chunks_exact(k).enumerate() {
-            let mut alone = vec![0f32; rows.len()];
-            w.matmul_rows(&QuantizedRows::quantize(row, k), rows.clone(), &mut alone, rows.len());
-            assert_eq!(alone, y[r * stride..][..rows.len()], "activation row {r}");
-            assert!(y[r * stride + rows.len()..][..3].iter().all(|v| v.is_nan()), "written past the range");
-        }
+        assert_rows_alone_match_together(&x, k, rows, |x, rows, y, stride| w.matmul_rows(x, rows, y, stride));
     }
 
     #[test]

@@ -274,6 +274,7 @@ unsafe fn dot_neon_impl<const SDOT: bool>(w: &WRow8, x: &XRow) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::qblock::assert_rows_alone_match_together;
 
     #[test]
     fn matmul_matches_the_integer_reference_and_kernels_agree() {
@@ -300,15 +301,7 @@ mod tests {
             (0..n * k / BLOCK).map(|_| f16::from_f32((next() % 1000) as f32 * 1e-4).to_f32()).collect();
         let w = Q8Matrix::new(codes, Blocks::new(n, k, scales, None).unwrap()).unwrap();
         let x: Vec<f32> = (0..5 * k).map(|_| (next() % 2001) as f32 / 1000.0 - 1.0).collect();
-        let stride = rows.len() + 2;
-        let mut y = vec![f32::NAN; 5 * stride];
-        w.matmul_rows(&QuantizedRows::quantize(&x, k), rows.clone(), &mut y, stride);
-        for (r, row) in x.chunks_exact(k).enumerate() {
-            let mut alone = vec![0f32; rows.len()];
-            w.matmul_rows(&QuantizedRows::quantize(row, k), rows.clone(), &mut alone, rows.len());
-            assert_eq!(alone, y[r * stride..][..rows.len()], "activation row {r}");
-            assert!(y[r * stride + rows.len()..][..2].iter().all(|v| v.is_nan()), "written past the range");
-        }
+        assert_rows_alone_match_together(&x, k, rows, |x, rows, y, stride| w.matmul_rows(x, rows, y, stride));
     }
 
     fn matches_the_integer_reference(k: usize) {

@@ -439,6 +439,27 @@ pub(crate) fn offsets_dot(offsets: &[f16], sums: &[f32]) -> f32 {
     offsets.iter().zip(sums).map(|(o, s)| o.to_f32() * s).sum()
 }
 
+/// Test helper for the 4- and 8-bit products: `matmul` (a matrix's `matmul_rows`) over weight
+/// `rows` for all rows of `x` (`k` wide) at once gives each activation row's result alone, bit
+/// for bit, and writes nothing past `rows` in an output row (its stride leaves 3 spare values).
+#[cfg(test)]
+pub(crate) fn assert_rows_alone_match_together(
+    x: &[f32],
+    k: usize,
+    rows: Range<usize>,
+    matmul: impl Fn(&QuantizedRows, Range<usize>, &mut [f32], usize),
+) {
+    let (n, stride) = (rows.len(), rows.len() + 3);
+    let mut y = vec![f32::NAN; x.len() / k * stride];
+    matmul(&QuantizedRows::quantize(x, k), rows.clone(), &mut y, stride);
+    for (r, row) in x.chunks_exact(k).enumerate() {
+        let mut alone = vec![0f32; n];
+        matmul(&QuantizedRows::quantize(row, k), rows.clone(), &mut alone, n);
+        assert_eq!(alone, y[r * stride..][..n], "activation row {r}");
+        assert!(y[r * stride + n..][..3].iter().all(|v| v.is_nan()), "written past the range");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
