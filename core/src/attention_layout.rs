@@ -7,6 +7,7 @@
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
+use crate::filled::filled;
 use crate::rope::rotate;
 
 /// Sizes of one sequence-major call.
@@ -51,18 +52,18 @@ impl Layout {
     fn head_major(&self, x: &[f32], heads: usize, rope: Option<(&[f32], &[f32])>) -> TractResult<Tensor> {
         let (seq, dim) = (self.seq, self.dim);
         let group = if heads == self.q_heads { self.group() } else { 1 };
-        let mut out = vec![0f32; x.len()];
-        for (s, row) in x.chunks_exact(heads * dim).enumerate() {
-            for (head, x) in row.chunks_exact(dim).enumerate() {
-                let o = &mut out[(head * seq + s) * dim..][..dim];
-                match rope {
-                    Some((cos, sin)) => rotate(x, &cos[s * dim..][..dim], &sin[s * dim..][..dim], o),
-                    None => o.copy_from_slice(x),
+        // `[heads, seq]` and `[heads / group, group · seq]` are the same order of rows.
+        filled(&[1, heads / group, group * seq, dim], |out| {
+            for (s, row) in x.chunks_exact(heads * dim).enumerate() {
+                for (head, x) in row.chunks_exact(dim).enumerate() {
+                    let o = &mut out[(head * seq + s) * dim..][..dim];
+                    match rope {
+                        Some((cos, sin)) => rotate(x, &cos[s * dim..][..dim], &sin[s * dim..][..dim], o),
+                        None => o.copy_from_slice(x),
+                    }
                 }
             }
-        }
-        // `[heads, seq]` and `[heads / group, group · seq]` are the same order of rows.
-        Tensor::from_shape(&[1, heads / group, group * seq, dim], &out)
+        })
     }
 
     /// The inputs of the head-major form (q, k, v, positions) from the sequence-major ones (q, k,
@@ -90,13 +91,13 @@ impl Layout {
         let view = out.to_plain_array_view::<f32>()?;
         let x = view.as_slice().context("attention output must be contiguous")?;
         ensure!(x.len() == seq * heads * dim);
-        let mut flat = vec![0f32; x.len()];
-        for (r, row) in x.chunks_exact(dim).enumerate() {
-            // Row `r` is query head `r / seq` (`kv · group + g`) at position `r % seq`.
-            let (head, s) = (r / seq, r % seq);
-            flat[(s * heads + head) * dim..][..dim].copy_from_slice(row);
-        }
-        Tensor::from_shape(&[1, seq, heads * dim], &flat)
+        filled(&[1, seq, heads * dim], |flat| {
+            for (r, row) in x.chunks_exact(dim).enumerate() {
+                // Row `r` is query head `r / seq` (`kv · group + g`) at position `r % seq`.
+                let (head, s) = (r / seq, r % seq);
+                flat[(s * heads + head) * dim..][..dim].copy_from_slice(row);
+            }
+        })
     }
 }
 

@@ -27,6 +27,7 @@ mod config;
 mod embed;
 mod error;
 mod external;
+mod filled;
 mod generate;
 mod graph;
 mod input;

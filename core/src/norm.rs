@@ -8,6 +8,8 @@ use tract_linalg::routines::rms_norm_f32;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
+use crate::filled::filled;
+
 /// `sum = x + delta` (when `residual`), `normed = rms_norm(sum or x) · gamma` over the last axis,
 /// with tract's own RMS norm kernel (the one its `RmsNorm` op runs), so the bits are the
 /// decomposed graph's. Outputs: `[sum, normed]`, or `[normed]` without the residual input.
@@ -59,25 +61,33 @@ impl EvalOp for ResidualNorm {
         ensure!(shape.last() == Some(&gamma.len()), "ResidualNorm input {shape:?}, {} weights", gamma.len());
         let x = inputs[0].to_plain_array_view::<f32>()?;
         let x = x.as_slice().context("ResidualNorm input must be contiguous")?;
-        let sum: Option<Vec<f32>> = if self.residual {
+        let delta = if self.residual {
             ensure!(inputs[1].shape() == &*shape, "ResidualNorm inputs {shape:?} and {:?}", inputs[1].shape());
-            let delta = inputs[1].to_plain_array_view::<f32>()?;
-            let delta = delta.as_slice().context("ResidualNorm input must be contiguous")?;
-            Some(x.iter().zip(delta).map(|(a, b)| a + b).collect())
+            Some(inputs[1].to_plain_array_view::<f32>()?)
         } else {
             None
         };
-        let mut normed = sum.as_deref().unwrap_or(x).to_vec();
+        let delta =
+            delta.as_ref().map(|d| d.as_slice().context("ResidualNorm input must be contiguous")).transpose()?;
         let rms_norm = rms_norm_f32()?;
-        for row in normed.chunks_exact_mut(gamma.len()) {
-            rms_norm(row, self.eps());
-            row.iter_mut().zip(gamma).for_each(|(v, g)| *v *= g);
-        }
-        let mut out = tvec![Tensor::from_shape(&shape, &normed)?.into_tvalue()];
-        if let Some(sum) = sum {
-            out.insert(0, Tensor::from_shape(&shape, &sum)?.into_tvalue());
-        }
-        Ok(out)
+        let mut sum = None;
+        let normed = filled(&shape, |out| {
+            match delta {
+                Some(delta) => out.iter_mut().zip(x.iter().zip(delta)).for_each(|(o, (a, b))| *o = a + b),
+                None => out.copy_from_slice(x),
+            }
+            if delta.is_some() {
+                sum = Some(Tensor::from_shape(&shape, out));
+            }
+            for row in out.chunks_exact_mut(gamma.len()) {
+                rms_norm(row, self.eps());
+                row.iter_mut().zip(gamma).for_each(|(v, g)| *v *= g);
+            }
+        })?;
+        Ok(match sum {
+            Some(sum) => tvec![sum?.into_tvalue(), normed.into_tvalue()],
+            None => tvec![normed.into_tvalue()],
+        })
     }
 }
 
