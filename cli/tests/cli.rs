@@ -118,8 +118,8 @@ fn bad_parameters_fail_with_a_clear_message() {
 fn summarize_rejects_invalid_utf8_and_overlong_files() {
     let model = tiny();
     let m = model.to_str().unwrap();
-    let dir = std::env::temp_dir().join(format!("pocketlm-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let temp = tempfile::Builder::new().prefix("pocketlm-cli-").tempdir().unwrap();
+    let dir = temp.path();
     let bad = dir.join("bad.txt");
     std::fs::write(&bad, b"caf\xe9 au lait").unwrap();
     let out = pocketlm(&["summarize", bad.to_str().unwrap(), "--model", m]);

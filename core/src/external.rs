@@ -132,30 +132,30 @@ mod tests {
     use super::*;
     use crate::proto_test::external;
 
-    fn data_dir(bytes: &[u8]) -> (PathBuf, String) {
-        let dir = std::env::temp_dir().join(format!("pocketlm-external-{}-{:p}", std::process::id(), bytes));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("w.data"), bytes).unwrap();
-        let text = dir.to_str().unwrap().to_owned();
+    /// A temp dir (removed on drop) holding `bytes` as `w.data`, and its path as text.
+    fn data_dir(bytes: &[u8]) -> (tempfile::TempDir, String) {
+        let dir = tempfile::Builder::new().prefix("pocketlm-external-").tempdir().unwrap();
+        std::fs::write(dir.path().join("w.data"), bytes).unwrap();
+        let text = dir.path().to_str().unwrap().to_owned();
         (dir, text)
     }
 
     #[test]
     fn reads_a_range_into_the_tensor_and_matches_tracts_reader() {
         let bytes: Vec<u8> = (0..64u8).collect();
-        let (dir, text) = data_dir(&bytes);
+        let (_dir, text) = data_dir(&bytes);
         let proto = external("w", DataType::Float, &[2, 3], "w.data", 8, 24);
         let ours = load_tensor(&proto, Some(&text)).unwrap();
         let floats: Vec<f32> = bytes[8..32].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
         assert_eq!(ours, Tensor::from_shape(&[2, 3], &floats).unwrap());
         let theirs = tract_onnx::tensor::load_tensor(&Reader, &proto, Some(&text)).unwrap();
         assert_eq!(ours, theirs);
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn bad_ranges_lengths_and_locations_are_errors() {
-        let (dir, text) = data_dir(&[7u8; 16]);
+        let (temp, text) = data_dir(&[7u8; 16]);
+        let dir = temp.path();
         let cases = [
             (external("past_end", DataType::Uint8, &[8], "w.data", 12, 8), "past the end"),
             (external("wrong_length", DataType::Uint8, &[8], "w.data", 0, 4), "bytes of external data"),
@@ -175,6 +175,5 @@ mod tests {
         assert!(format!("{err:#}").contains("past the end"), "{err:#}");
         Reader.read_bytes_from_path(&mut buf, &dir.join("w.data"), 10, Some(6)).unwrap();
         assert_eq!(buf, [7u8; 6]);
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -226,15 +226,13 @@ mod tests {
         }
         let shorter = json.to_string();
         assert!(bpe_parts(&shorter).is_none());
-        let dir = std::env::temp_dir().join(format!("pocketlm-tokenizer-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("tokenizer.json"), &shorter).unwrap();
-        let loaded = Tokenizer::load(&dir.join("tokenizer.json"), 1 << 20).unwrap();
+        let dir = tempfile::Builder::new().prefix("pocketlm-tokenizer-").tempdir().unwrap();
+        std::fs::write(dir.path().join("tokenizer.json"), &shorter).unwrap();
+        let loaded = Tokenizer::load(&dir.path().join("tokenizer.json"), 1 << 20).unwrap();
         let library: tokenizers::Tokenizer = text.parse().unwrap();
         let sample = "hello world, 42 times";
         assert_eq!(loaded.encode(sample).unwrap(), library.encode(sample, false).unwrap().get_ids());
         json["model"]["type"] = "WordPiece".into();
         assert!(bpe_parts(&json.to_string()).is_none(), "only BPE models are split");
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -18,13 +18,14 @@ fn missing_directory_is_an_io_error() {
 
 #[test]
 fn corrupt_model_file_fails_checksum() {
-    let dir = common::tiny_copy("corrupt");
+    let temp = common::tiny_copy("corrupt");
+    let dir = temp.path();
     let path = dir.join("model.onnx");
     let mut bytes = std::fs::read(&path).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x55;
     std::fs::write(&path, bytes).unwrap();
-    match load(&dir) {
+    match load(dir) {
         Err(Error::Checksum { path, expected, actual }) => {
             assert!(path.ends_with("model.onnx"));
             assert_ne!(expected, actual);
@@ -35,11 +36,12 @@ fn corrupt_model_file_fails_checksum() {
 
 #[test]
 fn truncated_model_file_fails_checksum() {
-    let dir = common::tiny_copy("truncated");
+    let temp = common::tiny_copy("truncated");
+    let dir = temp.path();
     let path = dir.join("model.onnx");
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
-    assert!(matches!(load(&dir), Err(Error::Checksum { .. })));
+    assert!(matches!(load(dir), Err(Error::Checksum { .. })));
 }
 
 /// Rewrites `dir/config.json` through `edit`.
@@ -60,9 +62,10 @@ fn swap_file(dir: &std::path::Path, name: &str, bytes: &[u8]) {
 
 #[test]
 fn wrong_file_as_model_is_a_graph_error() {
-    let dir = common::tiny_copy("wrongfile");
-    swap_file(&dir, "model.onnx", b"this is not an onnx file at all");
-    match load(&dir) {
+    let temp = common::tiny_copy("wrongfile");
+    let dir = temp.path();
+    swap_file(dir, "model.onnx", b"this is not an onnx file at all");
+    match load(dir) {
         Err(Error::Graph(msg)) => assert!(msg.contains("ONNX"), "{msg}"),
         other => panic!("expected Graph error, got {other:?}"),
     }
@@ -70,16 +73,18 @@ fn wrong_file_as_model_is_a_graph_error() {
 
 #[test]
 fn garbage_tokenizer_is_a_tokenizer_error() {
-    let dir = common::tiny_copy("badtok");
-    swap_file(&dir, "tokenizer.json", b"{\"not\": \"a tokenizer\"}");
-    assert!(matches!(load(&dir), Err(Error::Tokenizer(_))));
+    let temp = common::tiny_copy("badtok");
+    let dir = temp.path();
+    swap_file(dir, "tokenizer.json", b"{\"not\": \"a tokenizer\"}");
+    assert!(matches!(load(dir), Err(Error::Tokenizer(_))));
 }
 
 #[test]
 fn config_with_wrong_layer_count_is_rejected_with_names() {
-    let dir = common::tiny_copy("layers");
-    edit_config(&dir, |cfg| cfg["kv_cache"]["num_layers"] = serde_json::json!(3));
-    match load(&dir) {
+    let temp = common::tiny_copy("layers");
+    let dir = temp.path();
+    edit_config(dir, |cfg| cfg["kv_cache"]["num_layers"] = serde_json::json!(3));
+    match load(dir) {
         Err(Error::Graph(msg)) => assert!(msg.contains("past_key_values.2.key"), "{msg}"),
         other => panic!("expected Graph error, got {other:?}"),
     }
@@ -87,11 +92,12 @@ fn config_with_wrong_layer_count_is_rejected_with_names() {
 
 #[test]
 fn unsupported_config_format_is_a_config_error() {
-    let dir = common::tiny_copy("format");
-    edit_config(&dir, |cfg| cfg["format_version"] = serde_json::json!(99));
-    assert!(matches!(load(&dir), Err(Error::Config { .. })));
+    let temp = common::tiny_copy("format");
+    let dir = temp.path();
+    edit_config(dir, |cfg| cfg["format_version"] = serde_json::json!(99));
+    assert!(matches!(load(dir), Err(Error::Config { .. })));
     std::fs::write(dir.join("config.json"), "{ not json").unwrap();
-    assert!(matches!(load(&dir), Err(Error::Config { .. })));
+    assert!(matches!(load(dir), Err(Error::Config { .. })));
 }
 
 #[test]
@@ -111,10 +117,11 @@ fn bad_options_are_invalid_parameters() {
 fn truncated_weight_data_with_matching_checksum_is_a_graph_error() {
     // The 4-bit weights are read beside tract's parser (straight into their tensors): a data file
     // too short for them must fail the load with the range, not read past the end or panic.
-    let dir = common::copy_model(&common::tiny_q4_dir(), "truncated-data");
+    let temp = common::copy_model(&common::tiny_q4_dir(), "truncated-data");
+    let dir = temp.path();
     let data = std::fs::read(dir.join("model.onnx.data")).unwrap();
-    swap_file(&dir, "model.onnx.data", &data[..data.len() / 2]);
-    match load(&dir) {
+    swap_file(dir, "model.onnx.data", &data[..data.len() / 2]);
+    match load(dir) {
         Err(Error::Graph(msg)) => assert!(msg.contains("past the end"), "{msg}"),
         other => panic!("expected Graph error, got {other:?}"),
     }
@@ -142,9 +149,10 @@ fn damaged_onnx_with_matching_checksum_is_a_graph_error_not_a_panic() {
             cases.push((format!("64 bytes scrambled at {at}"), bytes, false));
         }
         for (what, bytes, must_fail) in cases {
-            let dir = common::copy_model(&source, &format!("damaged-{model}-{}", what.replace(' ', "-")));
-            swap_file(&dir, "model.onnx", &bytes);
-            let result = std::panic::catch_unwind(|| load(&dir));
+            let temp = common::copy_model(&source, &format!("damaged-{model}-{}", what.replace(' ', "-")));
+            let dir = temp.path();
+            swap_file(dir, "model.onnx", &bytes);
+            let result = std::panic::catch_unwind(|| load(dir));
             match result {
                 Ok(Err(Error::Graph(_))) => {}
                 Ok(Ok(_)) => assert!(!must_fail, "{model}, {what}: loaded a broken model"),

@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use tempfile::TempDir;
+
 use pocketlm::{Model, ModelOptions};
 
 /// The committed tiny random-weight model.
@@ -17,7 +19,7 @@ pub fn tiny() -> Arc<Model> {
 }
 
 /// A copy of the tiny model directory in a fresh temp dir, for tests that damage files.
-pub fn tiny_copy(tag: &str) -> PathBuf {
+pub fn tiny_copy(tag: &str) -> TempDir {
     copy_model(&tiny_dir(), tag)
 }
 
@@ -26,14 +28,13 @@ pub fn tiny_q4_dir() -> PathBuf {
     tiny_dir().with_file_name("tiny-q4")
 }
 
-/// A copy of every file of the model directory `source` in a fresh temp dir.
-pub fn copy_model(source: &std::path::Path, tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pocketlm-test-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+/// A copy of every file of the model directory `source` in a fresh temp dir, removed when the
+/// returned handle drops (also when the test fails).
+pub fn copy_model(source: &std::path::Path, tag: &str) -> TempDir {
+    let dir = tempfile::Builder::new().prefix(&format!("pocketlm-test-{tag}-")).tempdir().unwrap();
     for entry in std::fs::read_dir(source).unwrap() {
         let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
     }
     dir
 }
