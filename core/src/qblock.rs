@@ -144,31 +144,44 @@ pub struct Blocks {
     offsets: Option<Vec<f16>>,
 }
 
-/// `values` as f16, or `None` if one overflows or a nonzero one flushes to zero.
-fn to_f16(values: &[f32]) -> Option<Vec<f16>> {
-    let out: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
-    let fits = out.iter().zip(values).all(|(h, &v)| h.is_finite() == v.is_finite() && (v == 0.0 || h.to_f32() != 0.0));
-    let rounded = out.iter().zip(values).filter(|(h, &v)| h.to_f32() != v).count();
-    if fits && rounded > 0 {
-        log::debug!("{rounded} of {} block parameters rounded to f16", values.len());
+/// `values` as f16, or `None` if one overflows or a nonzero one flushes to zero. Each value is
+/// narrowed as it comes, so a weight's block parameters are never held as f32.
+pub(crate) fn narrow(values: impl IntoIterator<Item = f32>) -> Option<Vec<f16>> {
+    let values = values.into_iter();
+    let mut out = Vec::with_capacity(values.size_hint().0);
+    let mut rounded = 0;
+    for v in values {
+        let h = f16::from_f32(v);
+        if h.is_finite() != v.is_finite() || (v != 0.0 && h.to_f32() == 0.0) {
+            return None;
+        }
+        rounded += usize::from(h.to_f32() != v);
+        out.push(h);
     }
-    fits.then_some(out)
+    if rounded > 0 {
+        log::debug!("{rounded} of {} block parameters rounded to f16", out.len());
+    }
+    Some(out)
 }
 
 impl Blocks {
     /// `None` unless `k` is a multiple of [`BLOCK`], scales and offsets have `n * k / 32` values,
     /// and f16 holds them (see [`Blocks`]).
+    #[cfg(test)]
     pub fn new(n: usize, k: usize, scales: Vec<f32>, offsets: Option<Vec<f32>>) -> Option<Self> {
-        let count = n * k / BLOCK;
-        let ok = k.is_multiple_of(BLOCK) && scales.len() == count && offsets.as_ref().is_none_or(|o| o.len() == count);
-        if !ok {
-            return None;
-        }
         let offsets = match offsets {
-            Some(o) => Some(to_f16(&o)?),
+            Some(o) => Some(narrow(o)?),
             None => None,
         };
-        Some(Blocks { n, k, scales: to_f16(&scales)?, offsets })
+        Self::from_f16(n, k, narrow(scales)?, offsets)
+    }
+
+    /// `None` unless `k` is a multiple of [`BLOCK`] and scales and offsets have `n * k / 32`
+    /// values (see [`narrow`]).
+    pub fn from_f16(n: usize, k: usize, scales: Vec<f16>, offsets: Option<Vec<f16>>) -> Option<Self> {
+        let count = n.checked_mul(k)? / BLOCK;
+        let ok = k.is_multiple_of(BLOCK) && scales.len() == count && offsets.as_ref().is_none_or(|o| o.len() == count);
+        ok.then_some(Blocks { n, k, scales, offsets })
     }
 
     /// Output features (rows).
@@ -192,11 +205,10 @@ impl Blocks {
         if extra.len() != self.scales.len() {
             return None;
         }
-        let sums: Vec<f32> = match &self.offsets {
-            Some(o) => o.iter().zip(extra).map(|(o, e)| o.to_f32() + e).collect(),
-            None => extra.to_vec(),
-        };
-        self.offsets = Some(to_f16(&sums)?);
+        self.offsets = Some(match &self.offsets {
+            Some(o) => narrow(o.iter().zip(extra).map(|(o, e)| o.to_f32() + e))?,
+            None => narrow(extra.iter().copied())?,
+        });
         Some(())
     }
 

@@ -16,7 +16,7 @@ use crate::external;
 use crate::offsets;
 use crate::q4::Q4Matrix;
 use crate::q8::Q8Matrix;
-use crate::qblock::{Blocks, BLOCK};
+use crate::qblock::{narrow, Blocks, BLOCK};
 use crate::qlinear::QWeight;
 
 /// The node attribute [`detach_weights`] leaves: the node's index in [`Detached`].
@@ -105,8 +105,12 @@ impl NodeWeights {
         let Shape { n, k, bits } = self.shape;
         // Sizes from a damaged file must not overflow below (they are checked against the data).
         n.checked_mul(k).and_then(|nk| nk.checked_mul(bits)).context("N × K overflows")?;
-        let zero_points = self.zero_points.map(|z| external::load_tensor(&z, model_dir)).transpose()?;
-        let mut blocks = blocks(n, k, bits, &external::load_tensor(&self.scales, model_dir)?, zero_points.as_ref())?;
+        // Each weight's block parameters are narrowed straight from the tensors read, which are
+        // freed before the codes are read (the largest, the 8-bit head's, are 1.8 MB as f16).
+        let mut blocks = {
+            let zero_points = self.zero_points.map(|z| external::load_tensor(&z, model_dir)).transpose()?;
+            blocks(n, k, bits, &external::load_tensor(&self.scales, model_dir)?, zero_points.as_ref())?
+        };
         if let Some(table) = self.offsets {
             let per_row = offsets::per_row(&external::load_tensor(&table, model_dir)?, n, k)?;
             blocks.add_offsets(&per_row).context("offset count")?;
@@ -226,35 +230,47 @@ pub(crate) fn blocks(
     scales: &Tensor,
     zero_points: Option<&Tensor>,
 ) -> TractResult<Blocks> {
+    const OUT_OF_RANGE: &str = "a scale or offset outside the f16 range";
     let blocks = k / BLOCK;
-    let scales = scales.cast_to::<f32>()?;
-    let scales: Vec<f32> = scales.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
-    ensure!(scales.len() == n * blocks, "{} scales, expected {}", scales.len(), n * blocks);
-    let mid = (1u32 << (bits - 1)) as f32;
+    let count = n * blocks;
+    ensure!(scales.len() == count, "{} scales, expected {count}", scales.len());
     let offsets = match zero_points {
         None => None,
         Some(zp) => {
-            let zeros: Vec<f32> = if zp.datum_type() == u8::datum_type() {
-                let packed = zp.try_as_plain_ram()?;
-                let packed: &[u8] = packed.as_slice()?;
+            let zeros: Box<dyn Iterator<Item = f32>> = if zp.datum_type() == u8::datum_type() {
+                let packed: &[u8] = zp.try_as_plain_ram()?.as_slice()?;
                 let per_byte = 8 / bits;
                 let row_bytes = blocks.div_ceil(per_byte);
                 ensure!(packed.len() == n * row_bytes, "{} zero-point bytes", packed.len());
                 let mask = ((1u16 << bits) - 1) as u8;
-                (0..n * blocks)
-                    .map(|i| (i / blocks, i % blocks))
-                    .map(|(row, blk)| (packed[row * row_bytes + blk / per_byte] >> (bits * (blk % per_byte))) & mask)
-                    .map(f32::from)
-                    .collect()
+                Box::new(
+                    (0..count)
+                        .map(move |i| (i / blocks, i % blocks))
+                        .map(move |(row, blk)| {
+                            (packed[row * row_bytes + blk / per_byte] >> (bits * (blk % per_byte))) & mask
+                        })
+                        .map(f32::from),
+                )
             } else {
-                let zeros = zp.cast_to::<f32>()?;
-                zeros.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()
+                ensure!(zp.len() == count, "{} zero points", zp.len());
+                floats(zp)?
             };
-            ensure!(zeros.len() == n * blocks, "{} zero points", zeros.len());
-            Some(zeros.iter().zip(&scales).map(|(z, s)| (mid - z) * s).collect())
+            let mid = (1u32 << (bits - 1)) as f32;
+            Some(narrow(zeros.zip(floats(scales)?).map(|(z, s)| (mid - z) * s)).context(OUT_OF_RANGE)?)
         }
     };
-    Blocks::new(n, k, scales, offsets).context("inconsistent sizes, or a scale or offset outside the f16 range")
+    let scales = narrow(floats(scales)?).context(OUT_OF_RANGE)?;
+    Blocks::from_f16(n, k, scales, offsets).context("inconsistent sizes")
+}
+
+/// A float tensor's values (f16 or f32) as f32, read in place.
+fn floats(t: &Tensor) -> TractResult<Box<dyn Iterator<Item = f32> + '_>> {
+    let plain = t.try_as_plain_ram()?;
+    Ok(match t.datum_type() {
+        DatumType::F16 => Box::new(plain.as_slice::<f16>()?.iter().map(|h| h.to_f32())),
+        DatumType::F32 => Box::new(plain.as_slice::<f32>()?.iter().copied()),
+        other => bail!("block parameters are {other:?}, expected f16 or f32"),
+    })
 }
 
 #[cfg(test)]
