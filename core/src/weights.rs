@@ -312,6 +312,28 @@ mod tests {
     }
 
     #[test]
+    fn block_parameters_are_read_from_f16_or_f32_and_other_types_are_refused() {
+        let h = |v: &[f32]| v.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>();
+        // Two rows of one block each; 4-bit zero points 10 and 12 (offset = (8 - zero) × scale).
+        let zeros = Tensor::from_shape(&[2], &[0x3Au8, 0x0C]).unwrap();
+        let s16 = Tensor::from_shape(&[2], &h(&[0.5, -2.0])).unwrap();
+        let s32 = Tensor::from_shape(&[2], &[0.5f32, -2.0]).unwrap();
+        for scales in [&s16, &s32] {
+            let b = blocks(2, 32, 4, scales, Some(&zeros)).unwrap();
+            assert_eq!(b.row(0), (&h(&[0.5])[..], &h(&[-1.0])[..]));
+            assert_eq!(b.row(1), (&h(&[-2.0])[..], &h(&[8.0])[..]));
+            let float_zeros = Tensor::from_shape(&[2], &[10f32, 12.0]).unwrap();
+            assert_eq!(blocks(2, 32, 4, scales, Some(&float_zeros)).unwrap(), b);
+        }
+        let ints = Tensor::from_shape(&[2], &[1i32, 2]).unwrap();
+        assert!(format!("{:#}", blocks(2, 32, 4, &ints, None).unwrap_err()).contains("expected f16 or f32"));
+        let huge = Tensor::from_shape(&[2], &[1e6f32, 1.0]).unwrap();
+        assert!(format!("{:#}", blocks(2, 32, 4, &huge, None).unwrap_err()).contains("f16 range"));
+        let short = Tensor::from_shape(&[1], &[1f32]).unwrap();
+        assert!(format!("{:#}", blocks(2, 32, 4, &short, None).unwrap_err()).contains("1 scales, expected 2"));
+    }
+
+    #[test]
     fn f16_scales_behind_a_cast_are_detached_with_the_cast_unless_shared() {
         let to_float = [("to", DataType::Float as i64)];
         let graph = GraphProto {
