@@ -189,8 +189,13 @@ struct WRow<'a> {
 /// the features it is compiled for.
 type DotKernel = unsafe fn(&WRow, &XRow) -> f32;
 
-/// Name of the 4-bit kernel `dot_kernel` picks on this CPU (for logs and benchmarks).
+/// Name of the 4-bit kernel `dot_kernel` picks on this CPU, and of the prefill kernel where it
+/// differs (for logs and benchmarks).
 pub fn kernel_name() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect() == Isa::AvxVnni && avx512_vnni() {
+        return "x86_64 AVX-VNNI (prefill: AVX-512 VNNI)";
+    }
     Isa::detect().name()
 }
 
@@ -863,7 +868,11 @@ mod tests {
         {
             let (fma, f16c) = (std::is_x86_feature_detected!("fma"), std::is_x86_feature_detected!("f16c"));
             if std::is_x86_feature_detected!("avxvnni") && fma && f16c {
-                assert_eq!(name, "x86_64 AVX-VNNI");
+                let wide = std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512dq")
+                    && std::is_x86_feature_detected!("avx512vnni");
+                assert_eq!(name, if wide { "x86_64 AVX-VNNI (prefill: AVX-512 VNNI)" } else { "x86_64 AVX-VNNI" });
             } else if std::is_x86_feature_detected!("avx2") && fma && f16c {
                 assert_eq!(name, "x86_64 AVX2+FMA");
             }
