@@ -235,13 +235,15 @@ impl Blocks {
 }
 
 /// Activation rows quantized per block: int8 values, block scales and exact float block sums;
-/// on CPUs with AVX-VNNI also a [`Paired`] copy for the 4-bit kernel that reads two blocks per load.
+/// on CPUs with AVX-VNNI also a [`Paired`] copy for the 4-bit kernel that reads two blocks per load,
+/// on aarch64 each block's `8 Σ q` (what the NEON 4-bit kernel's unsigned codes add to its sum).
 #[derive(Debug, Default, Clone)]
 pub struct QuantizedRows {
     rows: usize,
     q: Vec<i8>,
     scales: Vec<f32>,
     sums: Vec<f32>,
+    corrections: Vec<i32>,
     paired: Paired,
 }
 
@@ -273,6 +275,9 @@ pub(crate) struct XRow<'a> {
     pub(crate) q: &'a [i8],
     pub(crate) scales: &'a [f32],
     pub(crate) sums: &'a [f32],
+    /// Each block's `8 Σ q` on aarch64 (empty elsewhere).
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))] // only the NEON kernel reads it
+    pub(crate) corrections: &'a [i32],
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the VNNI kernel reads it
     pub(crate) paired: PairedRow<'a>,
 }
@@ -303,8 +308,13 @@ impl QuantizedRows {
                 _ => quantize_group(x, q, scales, sums),
             }
         }
-        if Isa::detect() == Isa::AvxVnni {
-            out.pair(k);
+        match Isa::detect() {
+            Isa::AvxVnni => out.pair(k),
+            Isa::NeonDotprod | Isa::Neon => {
+                out.corrections =
+                    out.q.chunks_exact(BLOCK).map(|q| 8 * q.iter().map(|&v| i32::from(v)).sum::<i32>()).collect()
+            }
+            _ => {}
         }
         out
     }
@@ -318,6 +328,7 @@ impl QuantizedRows {
             out.q.extend_from_slice(&part.q);
             out.scales.extend_from_slice(&part.scales);
             out.sums.extend_from_slice(&part.sums);
+            out.corrections.extend_from_slice(&part.corrections);
             out.paired.q.extend_from_slice(&part.paired.q);
             out.paired.scales.extend_from_slice(&part.paired.scales);
             out.paired.corrections.extend_from_slice(&part.paired.corrections);
@@ -370,6 +381,7 @@ impl QuantizedRows {
             q: &self.q[r * k..][..k],
             scales: &self.scales[r * nb..][..nb],
             sums: &self.sums[r * nb..][..nb],
+            corrections: self.corrections.get(r * nb..(r + 1) * nb).unwrap_or(&[]),
             paired: PairedRow {
                 q: p.q.get(r * k..(r + 1) * k).unwrap_or(&[]),
                 scales: p.scales.get(r * lanes..(r + 1) * lanes).unwrap_or(&[]),
