@@ -692,8 +692,12 @@ unsafe fn dot_rows_neon<const R: usize, const SDOT: bool>(w: &WRow, x: [&XRow; R
             let s: [int32x4_t; 4] =
                 std::array::from_fn(|i| codes[i].map_or(vdupq_n_s32(0), |c| partials(c, q.add(i * BLOCK))));
             let totals = vpaddq_s32(vpaddq_s32(s[0], s[1]), vpaddq_s32(s[2], s[3]));
-            let c: [i32; 4] = std::array::from_fn(|i| if unsigned && i < count { x.corrections[full + i] } else { 0 });
-            let totals = vsubq_s32(totals, vld1q_s32(c.as_ptr()));
+            let totals = if unsigned {
+                let c: [i32; 4] = std::array::from_fn(|i| if i < count { x.corrections[full + i] } else { 0 });
+                vsubq_s32(totals, vld1q_s32(c.as_ptr()))
+            } else {
+                totals
+            };
             let dx: [f32; 4] = std::array::from_fn(|i| if i < count { x.scales[full + i] } else { 0.0 });
             let d = vmulq_f32(dw, vld1q_f32(dx.as_ptr()));
             *acc = vfmaq_f32(*acc, vcvtq_f32_s32(totals), d);
