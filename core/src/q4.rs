@@ -9,6 +9,8 @@
 use tract_onnx::prelude::{f16, Tensor};
 
 #[cfg(target_arch = "x86_64")]
+use crate::qblock::avx512_vnni;
+#[cfg(target_arch = "x86_64")]
 use crate::qblock::PREFETCH_BYTES;
 use crate::qblock::{offsets_dot, prefill_tiles, Blocks, Codes, Isa, QuantizedRows, XRow, BLOCK};
 #[cfg(target_arch = "aarch64")]
@@ -145,15 +147,16 @@ impl Q4Matrix {
             // stay in cache while the tile's weight rows pass.
             for (g, x4) in xs.chunks_exact(4).enumerate() {
                 for (j, w) in tile.clone().zip(&ws) {
-                    // SAFETY: quads are made only on AVX-VNNI CPUs, with `wide` only on AVX-512 VNNI
+                    // SAFETY: quads are made only on AVX-VNNI CPUs, wide codes only on AVX-512 VNNI
                     // ones, and `dot4_kernel` returns only kernels whose CPU features are present;
                     // rows hold `k / 32` blocks.
                     let acc = unsafe {
                         #[cfg(target_arch = "x86_64")]
                         if let Some(quad) = quads.get(g) {
-                            match &quad.wide {
-                                Some(wide) => dot_vnni512_quad(w, quad, wide),
-                                None => dot_vnni_quad(w, quad),
+                            if quad.wide() {
+                                dot_vnni512_quad(w, quad)
+                            } else {
+                                dot_vnni_quad(w, quad)
                             }
                         } else {
                             dot4(w, [x4[0], x4[1], x4[2], x4[3]])
@@ -450,9 +453,6 @@ pub(crate) struct Quad<'a> {
     x: [XRow<'a>; 4],
     scales: Vec<f32>,
     corrections: Vec<i32>,
-    /// On AVX-512 VNNI CPUs, each row's paired codes re-laid for [`dot_vnni512_quad`]: per two
-    /// pairs `2g, 2g + 1`, their low-nibble halves then their high-nibble halves (`[4][g][128]`).
-    wide: Option<Vec<i8>>,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -466,50 +466,33 @@ impl<'a> Quad<'a> {
                 corrections.extend(x.iter().map(|x| x.paired.corrections[lane]));
             }
         }
-        let wide = avx512_vnni().then(|| {
-            let doubles = x[0].scales.len() / 4;
-            let mut wide = Vec::with_capacity(4 * doubles * 4 * BLOCK);
-            for x in &x {
-                for pairs in x.paired.q.chunks_exact(4 * BLOCK).take(doubles) {
-                    let (p, next) = pairs.split_at(2 * BLOCK);
-                    for half in [0..BLOCK, BLOCK..2 * BLOCK] {
-                        wide.extend_from_slice(&p[half.clone()]);
-                        wide.extend_from_slice(&next[half]);
-                    }
-                }
-            }
-            wide
-        });
-        Quad { x, scales, corrections, wide }
+        Quad { x, scales, corrections }
     }
-}
 
-/// Whether this CPU has the AVX-512 features [`dot_vnni512_quad`] is compiled for.
-#[cfg(target_arch = "x86_64")]
-fn avx512_vnni() -> bool {
-    std::is_x86_feature_detected!("avx512f")
-        && std::is_x86_feature_detected!("avx512bw")
-        && std::is_x86_feature_detected!("avx512dq")
-        && std::is_x86_feature_detected!("avx512vnni")
+    /// Whether every row has the codes [`dot_vnni512_quad`] reads (made only on AVX-512 VNNI
+    /// CPUs, and only for whole groups of four blocks).
+    fn wide(&self) -> bool {
+        self.x.iter().all(|x| !x.paired.wide.is_empty())
+    }
 }
 
 /// [`dot_vnni_quad`] two pairs at a time in 512-bit registers (prefill on AVX-512 VNNI CPUs): the
 /// 64 bytes of codes of pairs `p` and `p + 1` are unpacked once, each activation row takes two
-/// `vpdpbusd` against its re-laid codes (`Quad::wide`), and the horizontal adds become two rounds
-/// of two-source permutes and adds. The integer block sums are exact whatever the order, and
-/// every float lane sees what it sees in [`dot_vnni_quad`] (the low half of the accumulator is its
-/// `acc[0]`, the high half its `acc[1]`), so the results have the same bits.
+/// `vpdpbusd` against its re-laid codes (`PairedRow::wide`), and the horizontal adds become two
+/// rounds of two-source permutes and adds. The integer block sums are exact whatever the order,
+/// and every float lane sees what it sees in [`dot_vnni_quad`] (the low half of the accumulator is
+/// its `acc[0]`, the high half its `acc[1]`), so the results have the same bits.
 ///
 /// # Safety
-/// The CPU must have AVX-512 F, BW, DQ and VNNI, AVX-VNNI, FMA and F16C; `wide` is `quad`'s.
+/// The CPU must have AVX-512 F, BW, DQ and VNNI, AVX-VNNI, FMA and F16C ([`Quad::wide`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vnni,avx2,fma,f16c,avxvnni")]
-unsafe fn dot_vnni512_quad(w: &WRow, quad: &Quad, wide: &[i8]) -> [f32; 4] {
+unsafe fn dot_vnni512_quad(w: &WRow, quad: &Quad) -> [f32; 4] {
     use std::arch::x86_64::*;
     let nb = w.scales.len();
     let (pairs, doubles) = (nb / 2, nb / 4);
-    debug_assert!(wide.len() >= 4 * doubles * 4 * BLOCK && quad.scales.len() >= pairs * 8);
-    let row_stride = doubles * 4 * BLOCK;
+    let x = &quad.x;
+    debug_assert!(x.iter().all(|x| x.paired.wide.len() >= doubles * 4 * BLOCK) && quad.scales.len() >= pairs * 8);
     let low = _mm512_set1_epi8(0x0F);
     // Pair sums of rows (a, b): per pair, a's four then b's four (even block's two, odd's two).
     let first = _mm512_setr_epi32(0, 2, 4, 6, 16, 18, 20, 22, 8, 10, 12, 14, 24, 26, 28, 30);
@@ -522,19 +505,10 @@ unsafe fn dot_vnni512_quad(w: &WRow, quad: &Quad, wide: &[i8]) -> [f32; 4] {
     for g in 0..doubles {
         let raw = _mm512_loadu_si512(w.codes.as_ptr().add(g * 2 * BLOCK) as *const __m512i);
         let (lo, hi) = (_mm512_and_si512(raw, low), _mm512_and_si512(_mm512_srli_epi16::<4>(raw), low));
-        let partials: [__m512i; 4] = std::array::from_fn(|r| {
-            let q = wide.as_ptr().add(r * row_stride + g * 4 * BLOCK);
-            let ints = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(q as *const __m512i));
-            _mm512_dpbusd_epi32(ints, hi, _mm512_loadu_si512(q.add(2 * BLOCK) as *const __m512i))
-        });
-        let pair_sums = |a: __m512i, b: __m512i| {
-            _mm512_add_epi32(_mm512_permutex2var_epi32(a, first, b), _mm512_permutex2var_epi32(a, second, b))
-        };
-        let (rows01, rows23) = (pair_sums(partials[0], partials[1]), pair_sums(partials[2], partials[3]));
-        let sums = _mm512_add_epi32(
-            _mm512_permutex2var_epi32(rows01, first_totals, rows23),
-            _mm512_permutex2var_epi32(rows01, second_totals, rows23),
-        );
+        let at = g * 4 * BLOCK;
+        let rows01 = pair_sums(wide_partials(lo, hi, &x[0], at), wide_partials(lo, hi, &x[1], at), first, second);
+        let rows23 = pair_sums(wide_partials(lo, hi, &x[2], at), wide_partials(lo, hi, &x[3], at), first, second);
+        let sums = pair_sums(rows01, rows23, first_totals, second_totals);
         let p = 2 * g;
         let ints = _mm512_sub_epi32(sums, _mm512_loadu_si512(quad.corrections.as_ptr().add(p * 8) as *const __m512i));
         let halves = _mm_loadl_epi64(w.scales.as_ptr().add(2 * p) as *const __m128i);
@@ -546,8 +520,36 @@ unsafe fn dot_vnni512_quad(w: &WRow, quad: &Quad, wide: &[i8]) -> [f32; 4] {
     if 2 * doubles < pairs {
         quad_pair(w, quad, 2 * doubles, &mut acc[0]);
     }
-    let x = &quad.x;
     [finish(acc, 0, w, &x[0]), finish(acc, 1, w, &x[1]), finish(acc, 2, w, &x[2]), finish(acc, 3, w, &x[3])]
+}
+
+/// Activation row `x`'s partial sums against the unpacked codes `lo`, `hi` of two pairs, from its
+/// re-laid codes at `at` ([`dot_vnni512_quad`]; a function, not a closure, as [`wrows_pair`]).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn wide_partials(
+    lo: std::arch::x86_64::__m512i,
+    hi: std::arch::x86_64::__m512i,
+    x: &XRow,
+    at: usize,
+) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let q = x.paired.wide.as_ptr().add(at);
+    let ints = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(q as *const __m512i));
+    _mm512_dpbusd_epi32(ints, hi, _mm512_loadu_si512(q.add(2 * BLOCK) as *const __m512i))
+}
+
+/// `a` and `b`'s lanes picked by `first` plus those picked by `second` (two-source permutes).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn pair_sums(
+    a: std::arch::x86_64::__m512i,
+    b: std::arch::x86_64::__m512i,
+    first: std::arch::x86_64::__m512i,
+    second: std::arch::x86_64::__m512i,
+) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    _mm512_add_epi32(_mm512_permutex2var_epi32(a, first, b), _mm512_permutex2var_epi32(a, second, b))
 }
 
 /// Four activation rows against one weight row (prefill): after the horizontal adds, row `r`'s
@@ -843,10 +845,10 @@ mod tests {
                     for fast in ymm {
                         assert!((fast - slow).abs() <= 1e-5 * magnitude, "{fast} vs {slow}");
                     }
-                    assert_eq!(quad.wide.is_some(), avx512_vnni());
-                    if let Some(wide) = &quad.wide {
-                        // SAFETY: `wide` is made only on AVX-512 VNNI CPUs.
-                        assert_eq!(unsafe { dot_vnni512_quad(&w, &quad, wide) }, ymm, "k {k}: not the same bits");
+                    assert_eq!(quad.wide(), avx512_vnni() && k >= 4 * BLOCK);
+                    if quad.wide() {
+                        // SAFETY: wide codes are made only on AVX-512 VNNI CPUs.
+                        assert_eq!(unsafe { dot_vnni512_quad(&w, &quad) }, ymm, "k {k}: not the same bits");
                     }
                 }
                 #[cfg(target_arch = "x86_64")]

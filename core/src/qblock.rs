@@ -252,12 +252,15 @@ pub struct QuantizedRows {
 /// `(b, b + 1)`: `q` holds `q_b[..16], q_b+1[..16], q_b[16..], q_b+1[16..]` (64 bytes), `scales` the
 /// eight lanes `[s_b; 4], [s_b+1; 4]`, and `corrections` `[8 Σ q_b; 4], [8 Σ q_b+1; 4]`: what
 /// unsigned codes add to each block's sum. An odd last block keeps its natural order, with
-/// `[s; 8]` and `[8 Σ q; 8]`.
+/// `[s; 8]` and `[8 Σ q; 8]`. On AVX-512 VNNI CPUs `wide` re-lays `q` for the 512-bit prefill
+/// kernel: per two pairs, their low-nibble halves then their high-nibble halves (128 bytes per
+/// four blocks; blocks past the last multiple of four are not in it).
 #[derive(Debug, Default, Clone)]
 struct Paired {
     q: Vec<i8>,
     scales: Vec<f32>,
     corrections: Vec<i32>,
+    wide: Vec<i8>,
 }
 
 /// One row of [`Paired`] (empty slices where the CPU's kernel does not use them).
@@ -267,6 +270,7 @@ pub(crate) struct PairedRow<'a> {
     pub(crate) q: &'a [i8],
     pub(crate) scales: &'a [f32],
     pub(crate) corrections: &'a [i32],
+    pub(crate) wide: &'a [i8],
 }
 
 /// One quantized activation row.
@@ -332,6 +336,7 @@ impl QuantizedRows {
             out.paired.q.extend_from_slice(&part.paired.q);
             out.paired.scales.extend_from_slice(&part.paired.scales);
             out.paired.corrections.extend_from_slice(&part.paired.corrections);
+            out.paired.wide.extend_from_slice(&part.paired.wide);
         }
         out
     }
@@ -364,6 +369,20 @@ impl QuantizedRows {
                 paired.corrections.extend([8 * sum(last); 8]);
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        if avx512_vnni() {
+            let doubles = nb / 4;
+            paired.wide = Vec::with_capacity(self.rows * doubles * 4 * BLOCK);
+            for row in paired.q.chunks_exact(k) {
+                for pairs in row.chunks_exact(4 * BLOCK).take(doubles) {
+                    let (p, next) = pairs.split_at(2 * BLOCK);
+                    for half in [0..BLOCK, BLOCK..2 * BLOCK] {
+                        paired.wide.extend_from_slice(&p[half.clone()]);
+                        paired.wide.extend_from_slice(&next[half]);
+                    }
+                }
+            }
+        }
     }
 
     /// Rows held.
@@ -376,7 +395,7 @@ impl QuantizedRows {
     pub(crate) fn row(&self, r: usize) -> XRow<'_> {
         let (k, nb) = (self.q.len() / self.rows, self.scales.len() / self.rows);
         let p = &self.paired;
-        let lanes = p.scales.len() / self.rows;
+        let (lanes, wide) = (p.scales.len() / self.rows, p.wide.len() / self.rows);
         XRow {
             q: &self.q[r * k..][..k],
             scales: &self.scales[r * nb..][..nb],
@@ -386,9 +405,20 @@ impl QuantizedRows {
                 q: p.q.get(r * k..(r + 1) * k).unwrap_or(&[]),
                 scales: p.scales.get(r * lanes..(r + 1) * lanes).unwrap_or(&[]),
                 corrections: p.corrections.get(r * lanes..(r + 1) * lanes).unwrap_or(&[]),
+                wide: p.wide.get(r * wide..(r + 1) * wide).unwrap_or(&[]),
             },
         }
     }
+}
+
+/// Whether this CPU has the AVX-512 features the 512-bit 4-bit prefill kernel is compiled for
+/// (`q4::dot_vnni512_quad`; [`Paired`]'s `wide` layout is made only then).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx512_vnni() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512dq")
+        && std::is_x86_feature_detected!("avx512vnni")
 }
 
 /// Blocks whose sums [`QuantizedRows::quantize`] computes together.
