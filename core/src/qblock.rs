@@ -315,8 +315,7 @@ impl QuantizedRows {
         match Isa::detect() {
             Isa::AvxVnni => out.pair(k),
             Isa::NeonDotprod | Isa::Neon => {
-                out.corrections =
-                    out.q.chunks_exact(BLOCK).map(|q| 8 * q.iter().map(|&v| i32::from(v)).sum::<i32>()).collect()
+                out.corrections = out.q.chunks_exact(BLOCK).map(unsigned_correction).collect()
             }
             _ => {}
         }
@@ -349,7 +348,6 @@ impl QuantizedRows {
         paired.q = Vec::with_capacity(self.q.len());
         paired.scales = Vec::with_capacity(self.rows * lanes);
         paired.corrections = Vec::with_capacity(self.rows * lanes);
-        let sum = |q: &[i8]| q.iter().map(|&v| v as i32).sum::<i32>();
         for (q, s) in self.q.chunks_exact(k).zip(self.scales.chunks_exact(nb)) {
             for (q, s) in q.chunks_exact(2 * BLOCK).zip(s.chunks_exact(2)) {
                 let (a, b) = q.split_at(BLOCK);
@@ -359,14 +357,14 @@ impl QuantizedRows {
                 }
                 for (q, s) in [(a, s[0]), (b, s[1])] {
                     paired.scales.extend([s; 4]);
-                    paired.corrections.extend([8 * sum(q); 4]);
+                    paired.corrections.extend([unsigned_correction(q); 4]);
                 }
             }
             if nb % 2 == 1 {
                 let last = &q[k - BLOCK..];
                 paired.q.extend_from_slice(last);
                 paired.scales.extend([s[nb - 1]; 8]);
-                paired.corrections.extend([8 * sum(last); 8]);
+                paired.corrections.extend([unsigned_correction(last); 8]);
             }
         }
         #[cfg(target_arch = "x86_64")]
@@ -419,6 +417,12 @@ pub(crate) fn avx512_vnni() -> bool {
         && std::is_x86_feature_detected!("avx512bw")
         && std::is_x86_feature_detected!("avx512dq")
         && std::is_x86_feature_detected!("avx512vnni")
+}
+
+/// `8 Σ q` of one block: what a 4-bit kernel's unsigned codes (`code` instead of `code - 8`) add
+/// to the block's integer sum.
+fn unsigned_correction(block: &[i8]) -> i32 {
+    8 * block.iter().map(|&v| i32::from(v)).sum::<i32>()
 }
 
 /// Blocks whose sums [`QuantizedRows::quantize`] computes together.
